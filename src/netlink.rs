@@ -1,0 +1,647 @@
+//! Every rtnetlink request netbox makes, as typed verbs on a connection bound to one network
+//! namespace. Nothing else in the crate builds netlink messages: rtnetlink changes its API in
+//! nearly every minor release, and this keeps the blast radius to one file.
+//!
+//! A [`Netlink`] talks to the namespace its socket was created in. For a sandbox, the socket is
+//! opened once on the thread that created the namespace (see `NetNs::create_with`), so the
+//! sandbox is configured without any further namespace switch. Connections must be made inside
+//! a tokio runtime, whose task drives the socket.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
+
+use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use thiserror::Error;
+
+use crate::netns::NetNs;
+
+/// Longest interface name the kernel takes (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+#[derive(Debug, Error)]
+pub enum NetlinkError {
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("interface \"{name}\" already exists")]
+    LinkExists { name: String },
+    #[error("{owner}: address {address} already in use{}", .holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default())]
+    AddressInUse {
+        owner: String,
+        address: IpNetwork,
+        holder: Option<String>,
+    },
+    #[error("interface \"{name}\" not found")]
+    LinkNotFound { name: String },
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidIfname { name: String, reason: &'static str },
+    #[error("\"{name}\" exists but is a {kind}, not a bridge")]
+    NotABridge { name: String, kind: String },
+}
+
+type Result<T, E = NetlinkError> = std::result::Result<T, E>;
+
+/// What the kernel reports about a link, reduced to what netbox uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub controller: Option<u32>,
+    pub kind: Option<String>,
+    pub alias: Option<String>,
+    pub up: bool,
+}
+
+impl Link {
+    pub fn mac_string(&self) -> Option<String> {
+        self.mac.map(|m| format_mac(&m))
+    }
+}
+
+/// A route as the kernel reports it (main table only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+/// A bridge to create or reuse.
+#[derive(Debug, Clone)]
+pub struct BridgeSpec {
+    pub name: String,
+    pub mtu: Option<u32>,
+}
+
+/// A veth pair whose peer is born inside another namespace under its final name.
+#[derive(Debug, Clone)]
+pub struct VethSpec {
+    pub host_name: String,
+    pub peer_name: String,
+    pub controller: Option<u32>,
+    pub mtu: Option<u32>,
+    pub peer_mac: Option<[u8; 6]>,
+    /// Recorded as the host end's alias (IFLA_IFALIAS): who owns this link.
+    pub alias: Option<String>,
+}
+
+/// A connection to the rtnetlink interface of one namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Connects in the calling thread's namespace.
+    pub fn connect() -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Opens a plain socket in the calling thread's namespace, for [`Netlink::from_socket`].
+    /// Call it on a thread that has entered (or created) the target namespace.
+    pub fn open_socket() -> io::Result<netlink_sys::Socket> {
+        netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
+    }
+
+    /// Connects through a socket opened (possibly in another namespace) by [`Netlink::open_socket`].
+    pub fn from_socket(socket: netlink_sys::Socket) -> Result<Netlink> {
+        socket
+            .set_non_blocking(true)
+            .map_err(NetlinkError::Socket)?;
+        // SAFETY: the descriptor comes from an owned, open netlink socket we give up here.
+        let tokio_socket = unsafe {
+            <netlink_sys::TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(
+                socket.into_raw_fd(),
+            )
+        };
+        let (conn, handle, _) = rtnetlink::from_socket(tokio_socket);
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Connects inside `ns`; the socket is made on a short-lived thread that entered it.
+    pub fn connect_in(ns: &NetNs) -> crate::Result<Netlink> {
+        let socket = ns.run_in(Self::open_socket)?.map_err(NetlinkError::Socket)?;
+        Ok(Self::from_socket(socket)?)
+    }
+
+    /// Looks a link up by name; `None` when absent.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        match req.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(request_error(format!("looking up \"{name}\""), e)),
+        }
+    }
+
+    /// Looks a link up by index; `None` when absent.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut req = self.handle.link().get().match_index(index).execute();
+        match req.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_from_message(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(request_error(format!("looking up link {index}"), e)),
+        }
+    }
+
+    /// All links of the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| request_error("listing links".into(), e))?;
+        Ok(msgs.iter().map(link_from_message).collect())
+    }
+
+    /// Creates the bridge, or reuses it when it exists (as a bridge); sets the MTU and brings it
+    /// up either way. Concurrent callers racing to create it both succeed.
+    pub async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<Link> {
+        validate_ifname(&spec.name)?;
+        if let Some(link) = self.link_by_name(&spec.name).await? {
+            return self.reuse_bridge(spec, link).await;
+        }
+        let mut builder = LinkBridge::new(&spec.name).up();
+        if let Some(mtu) = spec.mtu {
+            builder = builder.mtu(mtu);
+        }
+        match self.handle.link().add(builder.build()).execute().await {
+            Ok(()) => {}
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => {}
+            Err(e) => return Err(request_error(format!("creating bridge \"{}\"", spec.name), e)),
+        }
+        let link = self
+            .link_by_name(&spec.name)
+            .await?
+            .ok_or_else(|| NetlinkError::LinkNotFound {
+                name: spec.name.clone(),
+            })?;
+        self.reuse_bridge(spec, link).await
+    }
+
+    async fn reuse_bridge(&self, spec: &BridgeSpec, link: Link) -> Result<Link> {
+        if link.kind.as_deref() != Some("bridge") {
+            return Err(NetlinkError::NotABridge {
+                name: spec.name.clone(),
+                kind: link.kind.unwrap_or_else(|| "device of unknown kind".into()),
+            });
+        }
+        let wants_mtu = spec.mtu.is_some_and(|m| link.mtu != Some(m));
+        if !link.up || wants_mtu {
+            let mut msg = LinkUnspec::new_with_index(link.index).up();
+            if let Some(mtu) = spec.mtu {
+                msg = msg.mtu(mtu);
+            }
+            self.handle
+                .link()
+                .set(msg.build())
+                .execute()
+                .await
+                .map_err(|e| request_error(format!("bringing bridge \"{}\" up", spec.name), e))?;
+        }
+        Ok(link)
+    }
+
+    /// Creates a veth pair: the host end here (enslaved to `controller`, up), the peer directly
+    /// inside `peer_ns` under its final name (no move, no rename). Returns the host end.
+    pub async fn create_veth(&self, spec: &VethSpec, peer_ns: &NetNs) -> Result<Link> {
+        validate_ifname(&spec.host_name)?;
+        validate_ifname(&spec.peer_name)?;
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(spec.peer_name.clone())
+            .setns_by_fd(peer_ns.as_fd().as_raw_fd());
+        if let Some(mtu) = spec.mtu {
+            peer = peer.mtu(mtu);
+        }
+        if let Some(mac) = spec.peer_mac {
+            peer = peer.address(mac.to_vec());
+        }
+        let mut host = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(spec.host_name.clone())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+            .up();
+        if let Some(ctrl) = spec.controller {
+            host = host.controller(ctrl);
+        }
+        if let Some(mtu) = spec.mtu {
+            host = host.mtu(mtu);
+        }
+        match self.handle.link().add(host.build()).execute().await {
+            Ok(()) => {}
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => {
+                // Either end's name may be the one taken; the host end is the one we can see.
+                let name = if self.link_by_name(&spec.host_name).await?.is_some() {
+                    spec.host_name.clone()
+                } else {
+                    format!("{} (inside the sandbox)", spec.peer_name)
+                };
+                return Err(NetlinkError::LinkExists { name });
+            }
+            Err(e) => {
+                return Err(request_error(
+                    format!("creating veth \"{}\" <-> \"{}\"", spec.host_name, spec.peer_name),
+                    e,
+                ))
+            }
+        }
+        let link = self
+            .link_by_name(&spec.host_name)
+            .await?
+            .ok_or_else(|| NetlinkError::LinkNotFound {
+                name: spec.host_name.clone(),
+            })?;
+        if let Some(alias) = &spec.alias {
+            // The kernel ignores IFLA_IFALIAS when creating a link: set it afterwards.
+            let msg = LinkUnspec::new_with_index(link.index).alias(alias.clone());
+            if let Err(e) = self.handle.link().set(msg.build()).execute().await {
+                let _ = self.delete_link(&spec.host_name).await;
+                return Err(request_error(
+                    format!("recording the owner of \"{}\"", spec.host_name),
+                    e,
+                ));
+            }
+        }
+        Ok(link)
+    }
+
+    /// Brings a link up.
+    pub async fn set_up(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| request_error(format!("bringing \"{name}\" up"), e))
+    }
+
+    /// Brings `lo` up.
+    pub async fn loopback_up(&self) -> Result<()> {
+        // lo is always index 1 in a network namespace.
+        self.set_up(1, "lo").await
+    }
+
+    /// Adds an address; IPv6 addresses skip duplicate address detection (netbox owns them, and
+    /// DAD would hold the first packets back for a second or more). An address already present
+    /// on this very link is accepted, so the operation can be repeated.
+    pub async fn add_address(&self, link: &Link, address: IpNetwork) -> Result<()> {
+        let mut req = self
+            .handle
+            .address()
+            .add(link.index, address.ip(), address.prefix());
+        if address.is_ipv6() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => {
+                let holders = self.address_holders(address.ip()).await?;
+                if holders.iter().any(|(index, _)| *index == link.index) {
+                    return Ok(());
+                }
+                Err(NetlinkError::AddressInUse {
+                    owner: format!("\"{}\"", link.name),
+                    address,
+                    holder: holders.into_iter().next().map(|(_, name)| format!("\"{name}\"")),
+                })
+            }
+            Err(e) => Err(request_error(
+                format!("adding address {address} to \"{}\"", link.name),
+                e,
+            )),
+        }
+    }
+
+    /// Ensures `address` is on `link` (the gateway address of a bridge): present already is
+    /// fine, present on another link is an error naming both.
+    pub async fn ensure_address(&self, link: &Link, address: IpNetwork) -> Result<()> {
+        let holders = self.address_holders(address.ip()).await?;
+        if holders.iter().any(|(index, _)| *index == link.index) {
+            return Ok(());
+        }
+        if let Some((_, name)) = holders.into_iter().next() {
+            return Err(NetlinkError::AddressInUse {
+                owner: format!("bridge \"{}\"", link.name),
+                address,
+                holder: Some(format!("\"{name}\"")),
+            });
+        }
+        self.add_address(link, address).await
+    }
+
+    /// Links holding `ip`, as (index, name).
+    pub async fn address_holders(&self, ip: IpAddr) -> Result<Vec<(u32, String)>> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_address_filter(ip)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| request_error(format!("looking up address {ip}"), e))?;
+        let mut out = Vec::new();
+        for msg in msgs {
+            let index = msg.header.index;
+            let name = match self.link_by_index(index).await? {
+                Some(l) => l.name,
+                None => format!("link {index}"),
+            };
+            out.push((index, name));
+        }
+        Ok(out)
+    }
+
+    /// Addresses on a link (or all links), as (index, address/prefix).
+    pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>> {
+        let mut req = self.handle.address().get();
+        if let Some(i) = index {
+            req = req.set_link_index_filter(i);
+        }
+        let msgs: Vec<_> = req
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| request_error("listing addresses".into(), e))?;
+        let mut out = Vec::new();
+        for msg in msgs {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            });
+            let ip = ip.or_else(|| {
+                msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+            if let Some(ip) = ip {
+                if let Ok(net) = IpNetwork::new(ip, msg.header.prefix_len) {
+                    out.push((msg.header.index, net));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a route through `link`, via `gateway` when given (on-link otherwise).
+    pub async fn add_route(&self, link: &Link, dst: IpNetwork, gateway: Option<IpAddr>) -> Result<()> {
+        let msg = route_message(link.index, dst, gateway);
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(request_error(
+                format!(
+                    "adding route {dst}{} on \"{}\"",
+                    gateway.map(|g| format!(" via {g}")).unwrap_or_default(),
+                    link.name
+                ),
+                e,
+            )),
+        }
+    }
+
+    /// The main table's routes, both families.
+    pub async fn routes(&self) -> Result<Vec<Route>> {
+        let mut out = Vec::new();
+        let queries = [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ];
+        for query in queries {
+            let msgs: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(query)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(|e| request_error("listing routes".into(), e))?;
+            out.extend(msgs.iter().filter_map(route_from_message));
+        }
+        Ok(out)
+    }
+
+    /// Deletes a link by name. Idempotent: an absent link is success. Deleting either end of a
+    /// veth removes both.
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
+        let Some(link) = self.link_by_name(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(request_error(format!("deleting \"{name}\""), e)),
+        }
+    }
+}
+
+/// Checks an interface name before it reaches the kernel.
+pub fn validate_ifname(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(NetlinkError::InvalidIfname {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return bad("longer than 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("not allowed");
+    }
+    if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return bad("contains '/', ':', whitespace or a control character");
+    }
+    Ok(())
+}
+
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in mac.iter_mut() {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn route_message(oif: u32, dst: IpNetwork, gateway: Option<IpAddr>) -> RouteMessage {
+    let mut msg = match (dst, gateway) {
+        (IpNetwork::V4(d), gw) => {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(d.network(), d.prefix())
+                .output_interface(oif);
+            if let Some(IpAddr::V4(g)) = gw {
+                b = b.gateway(g);
+            }
+            b.build()
+        }
+        (IpNetwork::V6(d), gw) => {
+            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(d.network(), d.prefix())
+                .output_interface(oif);
+            if let Some(IpAddr::V6(g)) = gw {
+                b = b.gateway(g);
+            }
+            b.build()
+        }
+    };
+    if gateway.is_none() {
+        msg.header.scope = RouteScope::Link;
+    }
+    msg
+}
+
+fn route_from_message(msg: &RouteMessage) -> Option<Route> {
+    if msg.header.table != RouteMessage::default().header.table
+        && msg.header.table != netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
+    {
+        return None;
+    }
+    let mut dst = None;
+    let mut gateway = None;
+    let mut oif = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(a) => dst = route_ip(a),
+            RouteAttribute::Gateway(a) => gateway = route_ip(a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Table(t) if *t != u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) => {
+                return None
+            }
+            _ => {}
+        }
+    }
+    let prefix = msg.header.destination_prefix_length;
+    let dst = match (dst, msg.header.address_family) {
+        (Some(ip), _) => IpNetwork::new(ip, prefix).ok()?,
+        (None, AddressFamily::Inet) => IpNetwork::new(Ipv4Addr::UNSPECIFIED.into(), 0).ok()?,
+        (None, AddressFamily::Inet6) => IpNetwork::new(Ipv6Addr::UNSPECIFIED.into(), 0).ok()?,
+        _ => return None,
+    };
+    Some(Route { dst, gateway, oif })
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn link_from_message(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: msg.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: None,
+        controller: None,
+        kind: None,
+        alias: None,
+        up: msg.header.flags.contains(LinkFlags::Up),
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(a);
+                link.mac = Some(mac);
+            }
+            LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+            LinkAttribute::Controller(c) => link.controller = Some(*c),
+            LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    if let LinkInfo::Kind(kind) = info {
+                        link.kind = Some(kind.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
+fn request_error(what: String, e: rtnetlink::Error) -> NetlinkError {
+    let source = match &e {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+        other => io::Error::other(other.to_string()),
+    };
+    NetlinkError::Request { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_over_15_bytes_or_with_slashes_are_rejected() {
+        assert!(validate_ifname("eth0").is_ok());
+        assert!(validate_ifname("abcdefghijklmno").is_ok());
+        for bad in ["", "abcdefghijklmnop", "a/b", "a b", "a:b", ".", ".."] {
+            assert!(validate_ifname(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn macs_round_trip_and_bad_ones_are_refused() {
+        let mac = parse_mac("02:42:ac:11:00:02").expect("valid");
+        assert_eq!(format_mac(&mac), "02:42:ac:11:00:02");
+        for bad in ["", "02:42", "02:42:ac:11:00:02:03", "zz:42:ac:11:00:02", "2:42:ac:11:00:02"] {
+            assert!(parse_mac(bad).is_none(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! The private-host harness every integration test uses.
+//!
+//! A test calls [`private_host`] first. In the normal run that re-executes the test binary for
+//! just this test inside a throwaway "host": new network + mount namespaces as root, or user +
+//! network + mount namespaces otherwise. Inside, /run/netns, /run/netbox and /var/lib/netbox are
+//! fresh tmpfs mounts and /sys is remounted for the private network namespace, so a test can
+//! create bridges, veths, named namespaces and leases freely: nothing reaches the real host, and
+//! everything vanishes with the re-executed process, even when it panics or is killed.
+//!
+//! When the kernel refuses the namespaces, the test prints SKIPPED with the reason; under CI
+//! (CI set in the environment) it fails instead, so CI can never pass on skipped tests.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+const INSIDE_VAR: &str = "NETBOX_PRIVATE_HOST";
+/// Exit code the re-executed child uses when the kernel refused the namespaces.
+const REFUSED: i32 = 77;
+
+/// Directories that get a private tmpfs inside the private host.
+const PRIVATE_DIRS: [&str; 3] = ["/run/netns", "/run/netbox", "/var/lib/netbox"];
+
+/// Re-runs the calling test inside a private host. Returns true inside (go on with the test),
+/// false outside once the inner run passed; panics when the inner run failed.
+/// `test_path` is the test's name as cargo prints it (`module::function`).
+pub fn private_host(test_path: &str) -> bool {
+    if std::env::var(INSIDE_VAR).as_deref() == Ok(test_path) {
+        bring_loopback_up();
+        return true;
+    }
+    let out = run_inside(test_path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(REFUSED) {
+        let reason = stderr.lines().last().unwrap_or("namespaces refused").to_string();
+        skip(test_path, &reason);
+        return false;
+    }
+    // Show what the inner run printed, so failures read as if the test had run here.
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(
+        out.status.success(),
+        "{test_path} failed inside its private host ({})",
+        out.status
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "{test_path}: the inner run did not run exactly this test:\n{stdout}"
+    );
+    false
+}
+
+/// True when the current process is root in the initial user namespace (CI runs as root).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Prints SKIPPED loudly, or fails when running under CI.
+pub fn skip(test_path: &str, reason: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{test_path}: would be SKIPPED under CI ({reason}); CI must not skip tests");
+    }
+    let line = format!("SKIPPED {test_path}: {reason}");
+    eprintln!("\n{}\n{line}\n{}", "!".repeat(line.len()), "!".repeat(line.len()));
+}
+
+fn run_inside(test_path: &str) -> Output {
+    let exe = std::env::current_exe().expect("current test binary");
+    let root = is_root();
+    if root {
+        for dir in PRIVATE_DIRS {
+            // Empty mount points on the real host are the only trace a test leaves.
+            std::fs::create_dir_all(dir).expect("create private mount point");
+        }
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let uid_map = format!("0 {uid} 1");
+    let gid_map = format!("0 {gid} 1");
+    let dirs: Vec<CString> = PRIVATE_DIRS
+        .iter()
+        .map(|d| CString::new(*d).expect("no NUL"))
+        .collect();
+    let mut cmd = Command::new(exe);
+    cmd.args([test_path, "--exact", "--nocapture", "--test-threads=1"])
+        .env(INSIDE_VAR, test_path)
+        .env("RUST_BACKTRACE", "1");
+    // SAFETY: the closure runs in the forked child before exec and only makes syscalls.
+    unsafe {
+        cmd.pre_exec(move || {
+            let refused = |what: &str, e: nix::Error| -> std::io::Error {
+                let _ = writeln!(std::io::stderr(), "kernel refused {what}: {e}");
+                libc::_exit(REFUSED);
+            };
+            if root {
+                unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+                    .map_err(|e| refused("unshare(net+mount)", e))?;
+            } else {
+                unshare(
+                    CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS,
+                )
+                .map_err(|e| refused("unshare(user+net+mount)", e))?;
+                write_file("/proc/self/setgroups", b"deny")?;
+                write_file("/proc/self/uid_map", uid_map.as_bytes())?;
+                write_file("/proc/self/gid_map", gid_map.as_bytes())?;
+            }
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| refused("making / private", e))?;
+            for dir in &dirs {
+                // Rootless, the directories may be missing and uncreatable: skip those.
+                let _ = mount(
+                    Some("tmpfs"),
+                    dir.as_c_str(),
+                    Some("tmpfs"),
+                    MsFlags::empty(),
+                    Some("mode=0755"),
+                );
+            }
+            mount(
+                Some("sysfs"),
+                "/sys",
+                Some("sysfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            )
+            .map_err(|e| refused("mounting a private /sys", e))?;
+            Ok(())
+        });
+    }
+    cmd.output().expect("re-run the test in a private host")
+}
+
+fn write_file(path: &str, data: &[u8]) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(data)
+}
+
+fn bring_loopback_up() {
+    let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+}
+
+/// Runs a command, panicking with its output when it fails; returns stdout.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ip -j ARGS` parsed: the independent view of kernel state.
+pub fn ip_json(args: &str) -> serde_json::Value {
+    let out = sh(&format!("ip -j {args}"));
+    if out.trim().is_empty() {
+        return serde_json::Value::Array(vec![]);
+    }
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j {args}: bad JSON ({e}): {out}"))
+}
+
+/// Names of the links in the current network namespace, per `ip -j link`.
+pub fn link_names() -> Vec<String> {
+    ip_json("link show")
+        .as_array()
+        .map(|links| {
+            links
+                .iter()
+                .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until `cond` holds; kernel teardown of namespaces is asynchronous.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The built `netbox` binary (cargo builds bins for integration tests).
+pub fn netbox_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_netbox"))
+}
+
+/// The built `netbox-cni` binary.
+pub fn cni_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_netbox-cni"))
+}
+
+/// A fresh `netbox` command.
+pub fn netbox() -> Command {
+    Command::new(netbox_bin())
+}
+
+/// True when `path` exists.
+pub fn exists(path: &str) -> bool {
+    Path::new(path).exists()
+}
