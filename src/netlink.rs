@@ -39,6 +39,8 @@ pub enum NetlinkError {
     },
     #[error("interface \"{name}\" already exists")]
     LinkExists { name: String },
+    #[error("interface \"{name}\" already exists inside the sandbox")]
+    PeerExists { name: String },
     #[error("{owner}: address {address} already in use{}", .holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default())]
     AddressInUse {
         owner: String,
@@ -254,12 +256,14 @@ impl Netlink {
             Ok(()) => {}
             Err(e) if errno_of(&e) == Some(libc::EEXIST) => {
                 // Either end's name may be the one taken; the host end is the one we can see.
-                let name = if self.link_by_name(&spec.host_name).await?.is_some() {
-                    spec.host_name.clone()
-                } else {
-                    format!("{} (inside the sandbox)", spec.peer_name)
-                };
-                return Err(NetlinkError::LinkExists { name });
+                if self.link_by_name(&spec.host_name).await?.is_some() {
+                    return Err(NetlinkError::LinkExists {
+                        name: spec.host_name.clone(),
+                    });
+                }
+                return Err(NetlinkError::PeerExists {
+                    name: spec.peer_name.clone(),
+                });
             }
             Err(e) => {
                 return Err(request_error(

@@ -1,0 +1,713 @@
+//! The only fork/exec in netbox: start a command inside a sandbox, forward signals to it and
+//! turn its end into a shell-style exit code.
+//!
+//! Everything the child needs is prepared before the fork (paths, maps, user lookups); after the
+//! fork, the child only makes syscalls, in this order: die with the parent (PDEATHSIG), join the
+//! network namespace (or, rootless, create user + network namespaces), take private mount and UTS
+//! namespaces, mount private copies of /etc/resolv.conf and /etc/hosts and a /sys for its network
+//! namespace, set the hostname, switch user, drop CAP_NET_ADMIN/CAP_SYS_ADMIN, exec.
+//!
+//! The parent blocks the forwarded signals (before any thread exists, so every thread inherits
+//! the mask) and collects them with `sigwaitinfo`, which also reports SIGCHLD: no signal handler,
+//! no self-pipe, no race between the child's exit and a signal.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use caps::{CapSet, Capability};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ProcessError {
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("sandbox set-up for {program:?} failed while {stage}: {source}")]
+    Setup {
+        program: String,
+        stage: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{program:?}: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("user {0:?}: no such user")]
+    UnknownUser(String),
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl ProcessError {
+    /// The exit code a shell would give: 127 command not found, 126 not executable, else 125
+    /// (netbox's own failure).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ProcessError::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => 127,
+            ProcessError::Exec { .. } => 126,
+            _ => 125,
+        }
+    }
+}
+
+type Result<T, E = ProcessError> = std::result::Result<T, E>;
+
+/// How the child gets its network namespace.
+#[derive(Debug)]
+pub enum NetSetup {
+    /// Join an existing namespace (netbox created and wired it).
+    Join(OwnedFd),
+    /// Create user + network namespaces in the child: loopback only, no privileges needed.
+    NewRootless,
+}
+
+/// The user CMD runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSpec {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (from the group database when a name was given).
+    pub groups: Vec<u32>,
+    pub name: Option<String>,
+    pub home: Option<PathBuf>,
+}
+
+impl UserSpec {
+    /// Parses `NAME`, `UID` or `UID:GID` (a numeric uid need not exist in /etc/passwd).
+    pub fn parse(spec: &str) -> Result<UserSpec> {
+        let invalid = |reason: &str| ProcessError::Invalid {
+            what: "user",
+            value: spec.into(),
+            reason: reason.into(),
+        };
+        let (user_part, group_part) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        if user_part.is_empty() {
+            return Err(invalid("empty user"));
+        }
+        let mut user = match user_part.parse::<u32>() {
+            Ok(uid) => match nix::unistd::User::from_uid(uid.into()).ok().flatten() {
+                Some(u) => from_passwd(&u),
+                None => UserSpec {
+                    uid,
+                    gid: uid,
+                    groups: vec![],
+                    name: None,
+                    home: None,
+                },
+            },
+            Err(_) => match nix::unistd::User::from_name(user_part).ok().flatten() {
+                Some(u) => from_passwd(&u),
+                None => return Err(ProcessError::UnknownUser(user_part.into())),
+            },
+        };
+        if let Some(group) = group_part {
+            user.gid = match group.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => nix::unistd::Group::from_name(group)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw())
+                    .ok_or_else(|| invalid("no such group"))?,
+            };
+            user.groups = vec![user.gid];
+        }
+        Ok(user)
+    }
+
+    /// The user who invoked netbox through sudo (SUDO_UID/SUDO_GID), if any and not root.
+    pub fn from_sudo_env() -> Option<UserSpec> {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let uid: u32 = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+        if uid == 0 {
+            return None;
+        }
+        let gid: Option<u32> = std::env::var("SUDO_GID").ok().and_then(|g| g.parse().ok());
+        let mut user = UserSpec::parse(&uid.to_string()).ok()?;
+        if let Some(gid) = gid {
+            user.gid = gid;
+        }
+        Some(user)
+    }
+}
+
+fn from_passwd(u: &nix::unistd::User) -> UserSpec {
+    let mut groups = vec![u.gid.as_raw()];
+    if let Ok(name) = CString::new(u.name.as_bytes()) {
+        if let Ok(list) = nix::unistd::getgrouplist(&name, u.gid) {
+            groups = list.into_iter().map(|g| g.as_raw()).collect();
+        }
+    }
+    UserSpec {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        groups,
+        name: Some(u.name.clone()),
+        home: Some(u.dir.clone()),
+    }
+}
+
+/// What to start.
+#[derive(Debug)]
+pub struct SandboxSpec {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub net: NetSetup,
+    pub hostname: Option<String>,
+    /// Content of the sandbox's private /etc/resolv.conf (None: the host's file shows through).
+    pub resolv_conf: Option<Vec<u8>>,
+    /// Content of the sandbox's private /etc/hosts.
+    pub hosts: Option<Vec<u8>>,
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: Option<PathBuf>,
+    /// Capabilities CMD keeps although netbox drops them by default.
+    pub keep_caps: Vec<Capability>,
+    pub user: Option<UserSpec>,
+}
+
+/// Capabilities CMD loses by default: with them it could re-address its interface or leave its
+/// namespaces.
+pub const DROPPED_CAPS: [Capability; 2] = [Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN];
+
+/// Signals netbox passes on to CMD.
+pub const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+fn waited_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for sig in FORWARDED {
+        set.add(sig);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// Blocks the forwarded signals and SIGCHLD in the calling thread, to be collected by
+/// [`Sandboxed::wait`]. Call it on the main thread before any other thread starts.
+pub fn block_forwarded_signals() -> Result<()> {
+    waited_set()
+        .thread_block()
+        .map_err(|source| ProcessError::Sys {
+            what: "blocking signals",
+            source,
+        })
+}
+
+/// Takes a forwarded signal that arrived (blocked) before CMD started, if any: netbox then
+/// stops instead of starting CMD.
+pub fn take_pending_signal() -> Option<Signal> {
+    let mut set = SigSet::empty();
+    for sig in FORWARDED {
+        set.add(sig);
+    }
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: set is a valid sigset; a null siginfo is allowed.
+    let n = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
+    Signal::try_from(n).ok()
+}
+
+/// A started sandboxed command.
+#[derive(Debug)]
+pub struct Sandboxed {
+    pid: Pid,
+}
+
+/// Why the child stopped before exec: the stage it reports on its error pipe.
+const STAGES: [&str; 10] = [
+    "arming PDEATHSIG",
+    "joining the network namespace",
+    "creating user and network namespaces",
+    "writing the uid/gid maps",
+    "bringing loopback up",
+    "creating mount and UTS namespaces",
+    "mounting the private /etc/resolv.conf",
+    "mounting the private /etc/hosts",
+    "setting the hostname",
+    "switching user or dropping capabilities",
+];
+
+/// Everything the child uses, prepared before the fork.
+struct Prepared {
+    parent: libc::pid_t,
+    net_fd: Option<RawFd>,
+    rootless: Option<(CString, CString)>,
+    resolv: Option<CString>,
+    resolv_content: Option<Vec<u8>>,
+    hosts: Option<CString>,
+    hosts_content: Option<Vec<u8>>,
+    hostname: Option<Vec<u8>>,
+    user: Option<UserSpec>,
+    keep_caps: Vec<Capability>,
+    report: RawFd,
+}
+
+/// Starts CMD in its sandbox.
+pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed> {
+    let program = spec.program.to_string_lossy().into_owned();
+    let (report_rx, report_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(
+        |source| ProcessError::Sys {
+            what: "creating the set-up report pipe",
+            source,
+        },
+    )?;
+    let cstr = |what: &'static str, s: &[u8]| {
+        CString::new(s).map_err(|e| ProcessError::Invalid {
+            what,
+            value: String::from_utf8_lossy(s).into_owned(),
+            reason: e.to_string(),
+        })
+    };
+    let rootless = match &spec.net {
+        NetSetup::NewRootless => {
+            let uid = nix::unistd::getuid().as_raw();
+            let gid = nix::unistd::getgid().as_raw();
+            // Identity maps: CMD sees its own ids and, not being uid 0, loses every capability
+            // at exec.
+            Some((
+                cstr("uid map", format!("{uid} {uid} 1").as_bytes())?,
+                cstr("gid map", format!("{gid} {gid} 1").as_bytes())?,
+            ))
+        }
+        NetSetup::Join(_) => None,
+    };
+    let prepared = Prepared {
+        parent: nix::unistd::getpid().as_raw(),
+        net_fd: match &spec.net {
+            NetSetup::Join(fd) => Some(fd.as_raw_fd()),
+            NetSetup::NewRootless => None,
+        },
+        rootless,
+        resolv: existing_target("/etc/resolv.conf", spec.resolv_conf.is_some()),
+        resolv_content: spec.resolv_conf.clone(),
+        hosts: existing_target("/etc/hosts", spec.hosts.is_some()),
+        hosts_content: spec.hosts.clone(),
+        hostname: spec.hostname.as_ref().map(|h| h.as_bytes().to_vec()),
+        user: spec.user.clone(),
+        keep_caps: spec.keep_caps.clone(),
+        report: report_tx.as_raw_fd(),
+    };
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args);
+    for (k, v) in &spec.env {
+        cmd.env(k, v);
+    }
+    if let Some(user) = &spec.user {
+        if let Some(home) = &user.home {
+            cmd.env("HOME", home);
+        }
+        if let Some(name) = &user.name {
+            cmd.env("USER", name).env("LOGNAME", name);
+        }
+    }
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    // SAFETY: the closure runs in the forked child of a process that has no other threads at
+    // this point (netbox joins its helper threads and drops its runtime before spawning), and
+    // only makes syscalls on data prepared above.
+    unsafe {
+        cmd.pre_exec(move || child_setup(&prepared));
+    }
+    let spawned = cmd.spawn();
+    drop(report_tx);
+    match spawned {
+        Ok(child) => {
+            let pid = Pid::from_raw(child.id() as libc::pid_t);
+            // Reaped by `wait` through waitpid; std's Child does nothing on drop.
+            drop(child);
+            Ok(Sandboxed { pid })
+        }
+        Err(source) => {
+            let mut stage = [0u8; 1];
+            let n = nix::unistd::read(&report_rx, &mut stage).unwrap_or(0);
+            match (n, STAGES.get(usize::from(stage[0]))) {
+                (1, Some(stage)) => Err(ProcessError::Setup {
+                    program,
+                    stage,
+                    source,
+                }),
+                _ => Err(ProcessError::Exec { program, source }),
+            }
+        }
+    }
+}
+
+/// The path to over-mount, if the sandbox gets a private copy and the host has the file.
+fn existing_target(path: &str, wanted: bool) -> Option<CString> {
+    if wanted && std::path::Path::new(path).exists() {
+        CString::new(path).ok()
+    } else {
+        None
+    }
+}
+
+/// Runs in the child between fork and exec. Returns an error after writing the failed stage's
+/// number on the report pipe.
+fn child_setup(p: &Prepared) -> io::Result<()> {
+    let fail = |stage: u8, e: io::Error| -> io::Error {
+        // SAFETY: writing one byte from a valid buffer to an fd we own.
+        unsafe { libc::write(p.report, (&stage as *const u8).cast(), 1) };
+        e
+    };
+    let check = |stage: u8, rc: libc::c_int| -> io::Result<()> {
+        if rc < 0 {
+            Err(fail(stage, io::Error::last_os_error()))
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY (whole function): plain syscalls on valid, NUL-terminated, pre-built buffers.
+    unsafe {
+        check(0, libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+        if libc::getppid() != p.parent {
+            // netbox died before PDEATHSIG was armed.
+            libc::_exit(125);
+        }
+        let mut flags = libc::CLONE_NEWNS;
+        if p.hostname.is_some() {
+            flags |= libc::CLONE_NEWUTS;
+        }
+        if let Some(fd) = p.net_fd {
+            check(1, libc::setns(fd, libc::CLONE_NEWNET))?;
+            check(5, libc::unshare(flags))?;
+        } else if let Some((uid_map, gid_map)) = &p.rootless {
+            check(2, libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | flags))?;
+            write_file(c"/proc/self/setgroups", b"deny").map_err(|e| fail(3, e))?;
+            write_file(c"/proc/self/uid_map", uid_map.as_bytes()).map_err(|e| fail(3, e))?;
+            write_file(c"/proc/self/gid_map", gid_map.as_bytes()).map_err(|e| fail(3, e))?;
+            loopback_up().map_err(|e| fail(4, e))?;
+        }
+        // Our mounts must not propagate back to the host; the host's still reach us.
+        check(
+            5,
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ),
+        )?;
+        if let (Some(target), Some(content)) = (&p.resolv, &p.resolv_content) {
+            mount_private_file(target, content).map_err(|e| fail(6, e))?;
+        }
+        if let (Some(target), Some(content)) = (&p.hosts, &p.hosts_content) {
+            mount_private_file(target, content).map_err(|e| fail(7, e))?;
+        }
+        // /sys/class/net should list this namespace's links, as under `ip netns exec`. Best
+        // effort: a /sys that cannot be replaced only shows the host's names.
+        libc::mount(
+            c"sysfs".as_ptr(),
+            c"/sys".as_ptr(),
+            c"sysfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            std::ptr::null(),
+        );
+        if let Some(name) = &p.hostname {
+            check(8, libc::sethostname(name.as_ptr().cast(), name.len()))?;
+        }
+        if p.rootless.is_none() {
+            drop_privileges(p).map_err(|e| fail(9, e))?;
+        }
+        // std clears the mask before this closure runs; make sure regardless.
+        let empty = SigSet::empty();
+        libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+    }
+    Ok(())
+}
+
+/// Switches user and drops the capabilities CMD must not have, keeping `keep_caps`.
+fn drop_privileges(p: &Prepared) -> io::Result<()> {
+    let to_io = |e: caps::errors::CapsError| io::Error::other(e.to_string());
+    let dropped: Vec<Capability> = DROPPED_CAPS
+        .iter()
+        .filter(|c| !p.keep_caps.contains(c))
+        .copied()
+        .collect();
+    for cap in &dropped {
+        // Out of the bounding set, CMD cannot regain it even through a setuid binary.
+        caps::drop(None, CapSet::Bounding, *cap).map_err(to_io)?;
+        caps::drop(None, CapSet::Inheritable, *cap).map_err(to_io)?;
+    }
+    if let Some(user) = &p.user {
+        // SAFETY: plain syscalls.
+        unsafe {
+            if !p.keep_caps.is_empty() && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let groups: Vec<libc::gid_t> = user.groups.clone();
+            if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                || libc::setresgid(user.gid, user.gid, user.gid) < 0
+                || libc::setresuid(user.uid, user.uid, user.uid) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if user.uid != 0 && !p.keep_caps.is_empty() {
+            // A non-root CMD keeps capabilities across exec only as ambient ones.
+            for cap in &p.keep_caps {
+                caps::raise(None, CapSet::Effective, *cap).map_err(to_io)?;
+                caps::raise(None, CapSet::Inheritable, *cap).map_err(to_io)?;
+                caps::raise(None, CapSet::Ambient, *cap).map_err(to_io)?;
+            }
+        }
+    }
+    for cap in &dropped {
+        caps::drop(None, CapSet::Effective, *cap).map_err(to_io)?;
+        caps::drop(None, CapSet::Permitted, *cap).map_err(to_io)?;
+    }
+    Ok(())
+}
+
+/// Over-mounts `target` with an anonymous file holding `content`. The file is created after the
+/// mount namespace was unshared (a bind source must belong to the caller's mount namespace) in
+/// /dev/shm, a tmpfs that supports O_TMPFILE, falling back on /tmp: it has no name, so nothing
+/// is left behind on any file system.
+fn mount_private_file(target: &CString, content: &[u8]) -> io::Result<()> {
+    // SAFETY: plain syscalls on valid buffers.
+    unsafe {
+        let mut fd = libc::open(
+            c"/dev/shm".as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o644,
+        );
+        if fd < 0 {
+            fd = libc::open(
+                c"/tmp".as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                0o644,
+            );
+        }
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let result = write_all(fd, content).and_then(|()| {
+            libc::fchmod(fd, 0o644);
+            let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
+            format_fd(&mut path[14..], fd);
+            let rc = libc::mount(
+                path.as_ptr().cast(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            );
+            if rc < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+        libc::close(fd);
+        result
+    }
+}
+
+/// Writes the decimal digits of `fd` into `out` (NUL-terminated by the caller's zeroes),
+/// without allocating.
+fn format_fd(out: &mut [u8], fd: RawFd) {
+    let mut digits = [0u8; 10];
+    let mut n = fd.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 || len == digits.len() {
+            break;
+        }
+    }
+    for (i, slot) in out.iter_mut().take(len).enumerate() {
+        *slot = digits[len - 1 - i];
+    }
+}
+
+fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: data is a valid buffer.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: path is NUL-terminated.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let result = write_all(fd, data);
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Brings `lo` up with an ioctl: the child has no netlink connection, and one flag does not
+/// deserve one.
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: ifreq is plain data; the ioctls read and write it in place.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+        if rc >= 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+        }
+        let result = if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+        libc::close(sock);
+        result
+    }
+}
+
+impl Sandboxed {
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Waits for CMD, forwarding signals to it, and returns its exit code (128+N when signal N
+    /// killed it). Signals a terminal sent to the whole foreground process group already reached
+    /// CMD when it shares netbox's group, so those are not sent twice.
+    pub fn wait(self) -> Result<i32> {
+        let set = waited_set();
+        loop {
+            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(source) => {
+                    return Err(ProcessError::Sys {
+                        what: "waiting for the command",
+                        source,
+                    })
+                }
+            }
+            // SAFETY: siginfo_t is plain data filled in by the kernel.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // A SIGCHLD can be lost when another thread of the process does not block it (a
+            // library caller's threads): the timeout bounds the wait for the next waitpid.
+            let timeout = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 100_000_000,
+            };
+            // SAFETY: set, info and timeout are valid.
+            let n = unsafe { libc::sigtimedwait(set.as_ref(), &mut info, &timeout) };
+            if n < 0 {
+                continue; // EAGAIN (timeout) or EINTR
+            }
+            let Ok(sig) = Signal::try_from(n) else {
+                continue;
+            };
+            if sig == Signal::SIGCHLD {
+                continue;
+            }
+            if info.si_code == libc::SI_KERNEL && self.shares_our_process_group() {
+                continue;
+            }
+            let _ = nix::sys::signal::kill(self.pid, sig);
+        }
+    }
+
+    fn shares_our_process_group(&self) -> bool {
+        nix::unistd::getpgid(Some(self.pid)).ok() == Some(nix::unistd::getpgrp())
+    }
+}
+
+/// Unblocks the signals blocked by [`block_forwarded_signals`] (for callers that go on after
+/// the sandbox ended).
+pub fn unblock_forwarded_signals() -> Result<()> {
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&waited_set()), None).map_err(
+        |source| ProcessError::Sys {
+            what: "unblocking signals",
+            source,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_numbers_are_formatted_without_allocation() {
+        let mut buf = [0u8; 11];
+        format_fd(&mut buf, 1234);
+        assert_eq!(&buf[..5], b"1234\0");
+        let mut buf = [0u8; 11];
+        format_fd(&mut buf, 0);
+        assert_eq!(&buf[..2], b"0\0");
+    }
+
+    #[test]
+    fn numeric_users_need_not_exist() {
+        let u = UserSpec::parse("54321:54322").expect("parse");
+        assert_eq!((u.uid, u.gid), (54321, 54322));
+        assert!(UserSpec::parse("").is_err());
+        assert!(matches!(
+            UserSpec::parse("no-such-user-netbox"),
+            Err(ProcessError::UnknownUser(_))
+        ));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        let nf = ProcessError::Exec {
+            program: "x".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        };
+        assert_eq!(nf.exit_code(), 127);
+        let denied = ProcessError::Exec {
+            program: "x".into(),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(denied.exit_code(), 126);
+    }
+}
