@@ -1,1 +1,206 @@
-fn main() {}
+//! The `netbox` command: parses arguments and hands them to the library.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnetwork::IpNetwork;
+
+use netbox::sandbox::{self, NetMode, RunSpec};
+
+/// Network sandboxes on Linux namespaces.
+#[derive(Parser)]
+#[command(name = "netbox", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a fresh network namespace attached to a bridge network.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Net {
+    /// A veth on the network's bridge, with an address, routes and DNS.
+    Bridge,
+    /// Loopback only (works without root, through a user namespace).
+    None,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Bridge network: the built-in "netbox", or the name of a CNI conflist in
+    /// NETBOX_CNI_CONF_DIR (default /etc/cni/net.d).
+    #[arg(long, default_value = netbox::network::DEFAULT_NETWORK, value_name = "NAME")]
+    network: String,
+    /// Networking mode.
+    #[arg(long, value_enum, default_value = "bridge")]
+    net: Net,
+    /// Subnet of the built-in network (default 10.117.0.0/24).
+    #[arg(long, env = "NETBOX_SUBNET", value_name = "CIDR")]
+    subnet: Option<IpNetwork>,
+    /// Address to request (repeat for dual stack); the prefix defaults to the subnet's.
+    #[arg(long = "ip", value_name = "ADDR[/LEN]", value_parser = parse_ip)]
+    ips: Vec<IpNetwork>,
+    /// Interface name inside the sandbox.
+    #[arg(long, default_value = "eth0", value_name = "NAME")]
+    ifname: String,
+    /// MTU of the sandbox's interface.
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// MAC address of the sandbox's interface.
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<Mac>,
+    /// Hostname inside the sandbox (its own UTS namespace).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// DNS server for the sandbox's resolv.conf (repeatable; replaces the host's servers).
+    #[arg(long, value_name = "IP")]
+    dns: Vec<IpAddr>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass netbox's own value).
+    #[arg(short, long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Working directory of the command.
+    #[arg(short = 'w', long = "cwd", value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Let the command keep a capability netbox drops (NET_ADMIN or SYS_ADMIN).
+    #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
+    cap_add: Vec<Cap>,
+    /// Run the command as USER[:GROUP] (default: the invoking user under sudo, else yourself).
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Clone, Copy)]
+struct Mac([u8; 6]);
+
+#[derive(Clone, Copy)]
+struct Cap(caps::Capability);
+
+fn parse_ip(s: &str) -> Result<IpNetwork, String> {
+    if s.contains('/') {
+        IpNetwork::from_str(s).map_err(|e| format!("{s:?}: {e}"))
+    } else {
+        // A bare address: the prefix is filled in from the network's subnet later.
+        let ip = IpAddr::from_str(s).map_err(|e| format!("{s:?}: {e}"))?;
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        IpNetwork::new(ip, full).map_err(|e| e.to_string())
+    }
+}
+
+fn parse_mac(s: &str) -> Result<Mac, String> {
+    netbox::netlink::parse_mac(s)
+        .map(Mac)
+        .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
+}
+
+fn parse_cap(s: &str) -> Result<Cap, String> {
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    caps::Capability::from_str(&name)
+        .map(Cap)
+        .map_err(|_| format!("{s:?} is not a capability name"))
+}
+
+fn env_pairs(items: &[String]) -> Vec<(OsString, OsString)> {
+    items
+        .iter()
+        .filter_map(|item| match item.split_once('=') {
+            Some((k, v)) => Some((k.into(), v.into())),
+            None => std::env::var_os(item).map(|v| (item.into(), v)),
+        })
+        .collect()
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
+        }
+    };
+    let code = match cli.command {
+        Command::Run(args) => run(args),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(125))
+}
+
+fn run(args: RunArgs) -> i32 {
+    let mut command = args.command.into_iter();
+    let Some(program) = command.next() else {
+        eprintln!("netbox: no command given");
+        return 125;
+    };
+    let user = match args.user.as_deref().map(netbox::process::UserSpec::parse) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => return fail(&netbox::Error::from(e)),
+        None => None,
+    };
+    let spec = RunSpec {
+        net: match args.net {
+            Net::Bridge => NetMode::Bridge {
+                network: args.network,
+                subnet: args.subnet,
+            },
+            Net::None => NetMode::None,
+        },
+        ips: args.ips,
+        ifname: args.ifname,
+        mtu: args.mtu,
+        mac: args.mac.map(|m| m.0),
+        hostname: args.hostname,
+        dns: args.dns,
+        program,
+        args: command.collect(),
+        env: env_pairs(&args.env),
+        cwd: args.cwd,
+        keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
+        user,
+    };
+    match sandbox::run(spec) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints the error chain on one line and picks the exit code.
+fn fail(e: &netbox::Error) -> i32 {
+    let mut line = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    eprintln!("netbox: {line}");
+    e.exit_code()
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}

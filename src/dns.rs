@@ -169,7 +169,11 @@ mod tests {
 
     #[test]
     fn user_servers_replace_the_hosts() {
-        let r = resolv_conf("nameserver 127.0.0.53\nsearch lan\n", None, &[ip("10.1.1.1")]);
+        let r = resolv_conf(
+            "nameserver 127.0.0.53\nsearch lan\n",
+            None,
+            &[ip("10.1.1.1")],
+        );
         assert_eq!(r.nameservers, vec![ip("10.1.1.1")]);
         assert!(r.content.contains("nameserver 10.1.1.1\nsearch lan\n"));
         assert!(r.warnings.is_empty());

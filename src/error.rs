@@ -8,6 +8,10 @@ pub enum Error {
     Netlink(#[from] crate::netlink::NetlinkError),
     #[error(transparent)]
     Netns(#[from] crate::netns::NetnsError),
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
+    #[error(transparent)]
+    Process(#[from] crate::process::ProcessError),
     #[error("{0}")]
     Config(String),
     #[error("{context}: {source}")]
@@ -16,6 +20,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl Error {
+    /// The exit code a front end reports for this failure: 125 for netbox's own failures,
+    /// 126/127 when the command could not be executed or found (as shells do).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Process(e) => e.exit_code(),
+            _ => 125,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

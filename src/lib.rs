@@ -6,15 +6,15 @@
 //! `process` (the only fork/exec).
 #![deny(clippy::unwrap_used)]
 
-// pending: pub mod attach;
+pub mod attach;
 pub mod cni;
 pub mod dns;
 pub mod error;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;
-// pending: pub mod network;
+pub mod network;
 pub mod process;
-// pending: pub mod sandbox;
+pub mod sandbox;
 
 pub use error::{Error, Result};

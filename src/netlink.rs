@@ -130,9 +130,7 @@ impl Netlink {
             .map_err(NetlinkError::Socket)?;
         // SAFETY: the descriptor comes from an owned, open netlink socket we give up here.
         let tokio_socket = unsafe {
-            <netlink_sys::TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(
-                socket.into_raw_fd(),
-            )
+            <netlink_sys::TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(socket.into_raw_fd())
         };
         let (conn, handle, _) = rtnetlink::from_socket(tokio_socket);
         tokio::spawn(conn);
@@ -141,13 +139,20 @@ impl Netlink {
 
     /// Connects inside `ns`; the socket is made on a short-lived thread that entered it.
     pub fn connect_in(ns: &NetNs) -> crate::Result<Netlink> {
-        let socket = ns.run_in(Self::open_socket)?.map_err(NetlinkError::Socket)?;
+        let socket = ns
+            .run_in(Self::open_socket)?
+            .map_err(NetlinkError::Socket)?;
         Ok(Self::from_socket(socket)?)
     }
 
     /// Looks a link up by name; `None` when absent.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut req = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match req.try_next().await {
             Ok(Some(msg)) => Ok(Some(link_from_message(&msg))),
             Ok(None) => Ok(None),
@@ -194,14 +199,19 @@ impl Netlink {
         match self.handle.link().add(builder.build()).execute().await {
             Ok(()) => {}
             Err(e) if errno_of(&e) == Some(libc::EEXIST) => {}
-            Err(e) => return Err(request_error(format!("creating bridge \"{}\"", spec.name), e)),
+            Err(e) => {
+                return Err(request_error(
+                    format!("creating bridge \"{}\"", spec.name),
+                    e,
+                ))
+            }
         }
-        let link = self
-            .link_by_name(&spec.name)
-            .await?
-            .ok_or_else(|| NetlinkError::LinkNotFound {
-                name: spec.name.clone(),
-            })?;
+        let link =
+            self.link_by_name(&spec.name)
+                .await?
+                .ok_or_else(|| NetlinkError::LinkNotFound {
+                    name: spec.name.clone(),
+                })?;
         self.reuse_bridge(spec, link).await
     }
 
@@ -267,17 +277,19 @@ impl Netlink {
             }
             Err(e) => {
                 return Err(request_error(
-                    format!("creating veth \"{}\" <-> \"{}\"", spec.host_name, spec.peer_name),
+                    format!(
+                        "creating veth \"{}\" <-> \"{}\"",
+                        spec.host_name, spec.peer_name
+                    ),
                     e,
                 ))
             }
         }
-        let link = self
-            .link_by_name(&spec.host_name)
-            .await?
-            .ok_or_else(|| NetlinkError::LinkNotFound {
+        let link = self.link_by_name(&spec.host_name).await?.ok_or_else(|| {
+            NetlinkError::LinkNotFound {
                 name: spec.host_name.clone(),
-            })?;
+            }
+        })?;
         if let Some(alias) = &spec.alias {
             // The kernel ignores IFLA_IFALIAS when creating a link: set it afterwards.
             let msg = LinkUnspec::new_with_index(link.index).alias(alias.clone());
@@ -331,7 +343,10 @@ impl Netlink {
                 Err(NetlinkError::AddressInUse {
                     owner: format!("\"{}\"", link.name),
                     address,
-                    holder: holders.into_iter().next().map(|(_, name)| format!("\"{name}\"")),
+                    holder: holders
+                        .into_iter()
+                        .next()
+                        .map(|(_, name)| format!("\"{name}\"")),
                 })
             }
             Err(e) => Err(request_error(
@@ -414,7 +429,12 @@ impl Netlink {
     }
 
     /// Adds a route through `link`, via `gateway` when given (on-link otherwise).
-    pub async fn add_route(&self, link: &Link, dst: IpNetwork, gateway: Option<IpAddr>) -> Result<()> {
+    pub async fn add_route(
+        &self,
+        link: &Link,
+        dst: IpNetwork,
+        gateway: Option<IpAddr>,
+    ) -> Result<()> {
         let msg = route_message(link.index, dst, gateway);
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
@@ -553,7 +573,9 @@ fn route_from_message(msg: &RouteMessage) -> Option<Route> {
             RouteAttribute::Destination(a) => dst = route_ip(a),
             RouteAttribute::Gateway(a) => gateway = route_ip(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Table(t) if *t != u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) => {
+            RouteAttribute::Table(t)
+                if *t != u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) =>
+            {
                 return None
             }
             _ => {}
@@ -644,7 +666,13 @@ mod tests {
     fn macs_round_trip_and_bad_ones_are_refused() {
         let mac = parse_mac("02:42:ac:11:00:02").expect("valid");
         assert_eq!(format_mac(&mac), "02:42:ac:11:00:02");
-        for bad in ["", "02:42", "02:42:ac:11:00:02:03", "zz:42:ac:11:00:02", "2:42:ac:11:00:02"] {
+        for bad in [
+            "",
+            "02:42",
+            "02:42:ac:11:00:02:03",
+            "zz:42:ac:11:00:02",
+            "2:42:ac:11:00:02",
+        ] {
             assert!(parse_mac(bad).is_none(), "{bad:?} accepted");
         }
     }

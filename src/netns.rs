@@ -182,7 +182,9 @@ impl NetNs {
     }
 
     fn describe_path(&self) -> PathBuf {
-        self.path.clone().unwrap_or_else(|| PathBuf::from("(anonymous)"))
+        self.path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("(anonymous)"))
     }
 }
 

@@ -243,15 +243,14 @@ pub struct Sandboxed {
 }
 
 /// Why the child stopped before exec: the stage it reports on its error pipe.
-const STAGES: [&str; 10] = [
+const STAGES: [&str; 9] = [
     "arming PDEATHSIG",
     "joining the network namespace",
     "creating user and network namespaces",
     "writing the uid/gid maps",
     "bringing loopback up",
     "creating mount and UTS namespaces",
-    "mounting the private /etc/resolv.conf",
-    "mounting the private /etc/hosts",
+    "mounting the private /etc/resolv.conf and /etc/hosts",
     "setting the hostname",
     "switching user or dropping capabilities",
 ];
@@ -261,10 +260,10 @@ struct Prepared {
     parent: libc::pid_t,
     net_fd: Option<RawFd>,
     rootless: Option<(CString, CString)>,
-    resolv: Option<CString>,
-    resolv_content: Option<Vec<u8>>,
-    hosts: Option<CString>,
-    hosts_content: Option<Vec<u8>>,
+    /// Private files: (source in the scratch tmpfs, target, content).
+    files: Vec<(CString, CString, Vec<u8>)>,
+    /// An existing directory the scratch tmpfs is mounted on for a moment.
+    scratch: CString,
     hostname: Option<Vec<u8>>,
     user: Option<UserSpec>,
     keep_caps: Vec<Capability>,
@@ -274,12 +273,11 @@ struct Prepared {
 /// Starts CMD in its sandbox.
 pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed> {
     let program = spec.program.to_string_lossy().into_owned();
-    let (report_rx, report_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(
-        |source| ProcessError::Sys {
+    let (report_rx, report_tx) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| ProcessError::Sys {
             what: "creating the set-up report pipe",
             source,
-        },
-    )?;
+        })?;
     let cstr = |what: &'static str, s: &[u8]| {
         CString::new(s).map_err(|e| ProcessError::Invalid {
             what,
@@ -300,6 +298,26 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed> {
         }
         NetSetup::Join(_) => None,
     };
+    let scratch_dir = SCRATCH_DIRS
+        .iter()
+        .find(|d| std::path::Path::new(d).is_dir())
+        .copied()
+        .unwrap_or("/tmp");
+    let mut files = Vec::new();
+    for (target, content) in [
+        ("/etc/resolv.conf", &spec.resolv_conf),
+        ("/etc/hosts", &spec.hosts),
+    ] {
+        if let (Some(content), true) = (content, std::path::Path::new(target).exists()) {
+            let name = target.rsplit('/').next().unwrap_or("file");
+            files.push((
+                cstr("path", format!("{scratch_dir}/{name}").as_bytes())?,
+                cstr("path", target.as_bytes())?,
+                content.clone(),
+            ));
+        }
+    }
+    let scratch = cstr("path", scratch_dir.as_bytes())?;
     let prepared = Prepared {
         parent: nix::unistd::getpid().as_raw(),
         net_fd: match &spec.net {
@@ -307,10 +325,8 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed> {
             NetSetup::NewRootless => None,
         },
         rootless,
-        resolv: existing_target("/etc/resolv.conf", spec.resolv_conf.is_some()),
-        resolv_content: spec.resolv_conf.clone(),
-        hosts: existing_target("/etc/hosts", spec.hosts.is_some()),
-        hosts_content: spec.hosts.clone(),
+        files,
+        scratch,
         hostname: spec.hostname.as_ref().map(|h| h.as_bytes().to_vec()),
         user: spec.user.clone(),
         keep_caps: spec.keep_caps.clone(),
@@ -362,15 +378,6 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed> {
     }
 }
 
-/// The path to over-mount, if the sandbox gets a private copy and the host has the file.
-fn existing_target(path: &str, wanted: bool) -> Option<CString> {
-    if wanted && std::path::Path::new(path).exists() {
-        CString::new(path).ok()
-    } else {
-        None
-    }
-}
-
 /// Runs in the child between fork and exec. Returns an error after writing the failed stage's
 /// number on the report pipe.
 fn child_setup(p: &Prepared) -> io::Result<()> {
@@ -388,7 +395,10 @@ fn child_setup(p: &Prepared) -> io::Result<()> {
     };
     // SAFETY (whole function): plain syscalls on valid, NUL-terminated, pre-built buffers.
     unsafe {
-        check(0, libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
+        check(
+            0,
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+        )?;
         if libc::getppid() != p.parent {
             // netbox died before PDEATHSIG was armed.
             libc::_exit(125);
@@ -401,7 +411,10 @@ fn child_setup(p: &Prepared) -> io::Result<()> {
             check(1, libc::setns(fd, libc::CLONE_NEWNET))?;
             check(5, libc::unshare(flags))?;
         } else if let Some((uid_map, gid_map)) = &p.rootless {
-            check(2, libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | flags))?;
+            check(
+                2,
+                libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | flags),
+            )?;
             write_file(c"/proc/self/setgroups", b"deny").map_err(|e| fail(3, e))?;
             write_file(c"/proc/self/uid_map", uid_map.as_bytes()).map_err(|e| fail(3, e))?;
             write_file(c"/proc/self/gid_map", gid_map.as_bytes()).map_err(|e| fail(3, e))?;
@@ -418,11 +431,8 @@ fn child_setup(p: &Prepared) -> io::Result<()> {
                 std::ptr::null(),
             ),
         )?;
-        if let (Some(target), Some(content)) = (&p.resolv, &p.resolv_content) {
-            mount_private_file(target, content).map_err(|e| fail(6, e))?;
-        }
-        if let (Some(target), Some(content)) = (&p.hosts, &p.hosts_content) {
-            mount_private_file(target, content).map_err(|e| fail(7, e))?;
+        if !p.files.is_empty() {
+            mount_private_files(&p.scratch, &p.files).map_err(|e| fail(6, e))?;
         }
         // /sys/class/net should list this namespace's links, as under `ip netns exec`. Best
         // effort: a /sys that cannot be replaced only shows the host's names.
@@ -434,10 +444,10 @@ fn child_setup(p: &Prepared) -> io::Result<()> {
             std::ptr::null(),
         );
         if let Some(name) = &p.hostname {
-            check(8, libc::sethostname(name.as_ptr().cast(), name.len()))?;
+            check(7, libc::sethostname(name.as_ptr().cast(), name.len()))?;
         }
         if p.rootless.is_none() {
-            drop_privileges(p).map_err(|e| fail(9, e))?;
+            drop_privileges(p).map_err(|e| fail(8, e))?;
         }
         // std clears the mask before this closure runs; make sure regardless.
         let empty = SigSet::empty();
@@ -489,66 +499,57 @@ fn drop_privileges(p: &Prepared) -> io::Result<()> {
     Ok(())
 }
 
-/// Over-mounts `target` with an anonymous file holding `content`. The file is created after the
-/// mount namespace was unshared (a bind source must belong to the caller's mount namespace) in
-/// /dev/shm, a tmpfs that supports O_TMPFILE, falling back on /tmp: it has no name, so nothing
-/// is left behind on any file system.
-fn mount_private_file(target: &CString, content: &[u8]) -> io::Result<()> {
-    // SAFETY: plain syscalls on valid buffers.
+/// Directories the scratch tmpfs may cover for a moment, first existing wins.
+const SCRATCH_DIRS: [&str; 4] = ["/tmp", "/dev/shm", "/run", "/mnt"];
+
+/// Over-mounts each target with a private file holding its content. The files are made in a
+/// tmpfs mounted on `scratch` in the sandbox's own mount namespace (a bind source must belong
+/// to it, and must have a name: O_TMPFILE files cannot be bind-mounted), which is detached
+/// again right away: the bind mounts keep the files alive, and nothing remains on any disk.
+fn mount_private_files(scratch: &CString, files: &[(CString, CString, Vec<u8>)]) -> io::Result<()> {
+    let last_error = || Err(io::Error::last_os_error());
+    // SAFETY: plain syscalls on valid, NUL-terminated buffers.
     unsafe {
-        let mut fd = libc::open(
-            c"/dev/shm".as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            0o644,
-        );
-        if fd < 0 {
-            fd = libc::open(
-                c"/tmp".as_ptr(),
-                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            scratch.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=0755,size=1m".as_ptr().cast(),
+        ) < 0
+        {
+            return last_error();
+        }
+        let mut result = Ok(());
+        for (source, target, content) in files {
+            let fd = libc::open(
+                source.as_ptr(),
+                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
                 0o644,
             );
-        }
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let result = write_all(fd, content).and_then(|()| {
-            libc::fchmod(fd, 0o644);
-            let mut path = *b"/proc/self/fd/\0\0\0\0\0\0\0\0\0\0\0";
-            format_fd(&mut path[14..], fd);
-            let rc = libc::mount(
-                path.as_ptr().cast(),
+            if fd < 0 {
+                result = last_error();
+                break;
+            }
+            result = write_all(fd, content);
+            libc::close(fd);
+            if result.is_err() {
+                break;
+            }
+            if libc::mount(
+                source.as_ptr(),
                 target.as_ptr(),
                 std::ptr::null(),
                 libc::MS_BIND,
                 std::ptr::null(),
-            );
-            if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
+            ) < 0
+            {
+                result = last_error();
+                break;
             }
-        });
-        libc::close(fd);
-        result
-    }
-}
-
-/// Writes the decimal digits of `fd` into `out` (NUL-terminated by the caller's zeroes),
-/// without allocating.
-fn format_fd(out: &mut [u8], fd: RawFd) {
-    let mut digits = [0u8; 10];
-    let mut n = fd.unsigned_abs();
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 || len == digits.len() {
-            break;
         }
-    }
-    for (i, slot) in out.iter_mut().take(len).enumerate() {
-        *slot = digits[len - 1 - i];
+        libc::umount2(scratch.as_ptr(), libc::MNT_DETACH);
+        result
     }
 }
 
@@ -675,16 +676,6 @@ pub fn unblock_forwarded_signals() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fd_numbers_are_formatted_without_allocation() {
-        let mut buf = [0u8; 11];
-        format_fd(&mut buf, 1234);
-        assert_eq!(&buf[..5], b"1234\0");
-        let mut buf = [0u8; 11];
-        format_fd(&mut buf, 0);
-        assert_eq!(&buf[..2], b"0\0");
-    }
 
     #[test]
     fn numeric_users_need_not_exist() {

@@ -39,7 +39,11 @@ pub fn private_host(test_path: &str) -> bool {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(REFUSED) {
-        let reason = stderr.lines().last().unwrap_or("namespaces refused").to_string();
+        let reason = stderr
+            .lines()
+            .last()
+            .unwrap_or("namespaces refused")
+            .to_string();
         skip(test_path, &reason);
         return false;
     }
@@ -69,7 +73,11 @@ pub fn skip(test_path: &str, reason: &str) {
         panic!("{test_path}: would be SKIPPED under CI ({reason}); CI must not skip tests");
     }
     let line = format!("SKIPPED {test_path}: {reason}");
-    eprintln!("\n{}\n{line}\n{}", "!".repeat(line.len()), "!".repeat(line.len()));
+    eprintln!(
+        "\n{}\n{line}\n{}",
+        "!".repeat(line.len()),
+        "!".repeat(line.len())
+    );
 }
 
 fn run_inside(test_path: &str) -> Output {
@@ -152,7 +160,9 @@ fn write_file(path: &str, data: &[u8]) -> std::io::Result<()> {
 }
 
 fn bring_loopback_up() {
-    let _ = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    let _ = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
 }
 
 /// Runs a command, panicking with its output when it fails; returns stdout.
@@ -197,7 +207,10 @@ pub fn link_names() -> Vec<String> {
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -115,7 +115,10 @@ fn addresses_and_routes_are_set_inside_through_a_socket_opened_there() {
         return;
     }
     let ns = netns::create_named("addr-test").expect("named netns");
-    let socket = ns.run_in(Netlink::open_socket).expect("enter").expect("socket");
+    let socket = ns
+        .run_in(Netlink::open_socket)
+        .expect("enter")
+        .expect("socket");
     rt().block_on(async {
         let host = Netlink::connect().expect("connect");
         let inside = Netlink::from_socket(socket).expect("inside");
@@ -151,8 +154,9 @@ fn addresses_and_routes_are_set_inside_through_a_socket_opened_there() {
             .await
             .expect("default route");
         let routes = inside.routes().await.expect("routes");
-        assert!(routes.iter().any(|r| r.dst.prefix() == 0
-            && r.gateway == Some("10.9.0.1".parse().expect("ip"))));
+        assert!(routes
+            .iter()
+            .any(|r| r.dst.prefix() == 0 && r.gateway == Some("10.9.0.1".parse().expect("ip"))));
     });
     let addrs = ip_json("-n addr-test addr show dev eth0");
     let infos = addrs[0]["addr_info"].as_array().expect("addr_info").clone();
@@ -162,7 +166,9 @@ fn addresses_and_routes_are_set_inside_through_a_socket_opened_there() {
         .expect("v6 address");
     // nodad: never tentative.
     assert!(v6.get("tentative").is_none(), "{v6}");
-    assert!(infos.iter().any(|a| a["local"] == "10.9.0.2" && a["prefixlen"] == 24));
+    assert!(infos
+        .iter()
+        .any(|a| a["local"] == "10.9.0.2" && a["prefixlen"] == 24));
     let routes = ip_json("-n addr-test route show default");
     assert_eq!(routes[0]["gateway"], "10.9.0.1");
     drop(ns);
@@ -189,7 +195,10 @@ fn an_address_held_by_another_link_is_reported_with_its_holder() {
             .await
             .expect_err("held by nbtesta");
         let msg = err.to_string();
-        assert!(msg.contains("nbtestb") && msg.contains("nbtesta") && msg.contains("10.8.0.1"), "{msg}");
+        assert!(
+            msg.contains("nbtestb") && msg.contains("nbtesta") && msg.contains("10.8.0.1"),
+            "{msg}"
+        );
     });
 }
 
@@ -209,7 +218,10 @@ fn anonymous_namespaces_differ_from_the_host_and_die_with_their_handle() {
         .expect("inode");
     assert_eq!(seen_inside, there);
     // The switch happened on a helper thread: this thread is still in the host namespace.
-    assert_eq!(NetNs::current().expect("current").inode().expect("inode"), here);
+    assert_eq!(
+        NetNs::current().expect("current").inode().expect("inode"),
+        here
+    );
 }
 
 #[test]

@@ -4,7 +4,9 @@
 use serde::Serialize;
 
 /// Versions of the CNI spec this plugin speaks.
-pub const SUPPORTED_VERSIONS: [&str; 7] = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: [&str; 7] = [
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 /// The version netbox answers in when the caller does not say.
 pub const CURRENT_VERSION: &str = "1.1.0";
 

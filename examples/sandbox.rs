@@ -1,0 +1,43 @@
+//! The library behind `netbox run`, used directly: runs `ip -br addr` in a sandbox attached to
+//! the built-in network and exits with its status.
+//!
+//! `cargo build --example sandbox && sudo target/debug/examples/sandbox [CMD ARGS...]`
+
+use netbox::sandbox::{self, NetMode, RunSpec};
+
+fn main() {
+    let mut args = std::env::args_os().skip(1);
+    let (program, args): (std::ffi::OsString, Vec<std::ffi::OsString>) = match args.next() {
+        Some(p) => (p, args.collect()),
+        None => ("ip".into(), vec!["-br".into(), "addr".into()]),
+    };
+    let spec = RunSpec {
+        net: if sandbox::privileged() {
+            NetMode::Bridge {
+                network: netbox::network::DEFAULT_NETWORK.into(),
+                subnet: None,
+            }
+        } else {
+            NetMode::None
+        },
+        ips: vec![],
+        ifname: "eth0".into(),
+        mtu: None,
+        mac: None,
+        hostname: Some("example".into()),
+        dns: vec![],
+        program,
+        args,
+        env: vec![],
+        cwd: None,
+        keep_caps: vec![],
+        user: None,
+    };
+    match sandbox::run(spec) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("sandbox: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}

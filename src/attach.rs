@@ -1,0 +1,156 @@
+//! The one operation every front end shares: attach a sandbox's network namespace to a bridge
+//! network (bridge + veth + addresses + routes), and detach it.
+//!
+//! `attach` undoes every step it made when a later one fails, so a failed attach leaves the host
+//! as it found it (apart from the bridge, which is shared and kept, as the reference plugin
+//! does). `detach` is idempotent and keeps going past failures, reporting all of them.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use crate::netlink::{BridgeSpec, Link, Netlink, VethSpec};
+use crate::netns::NetNs;
+use crate::network::NetworkSpec;
+use crate::Result;
+
+/// What to attach.
+#[derive(Debug, Clone)]
+pub struct AttachSpec {
+    /// Host end of the veth: unique per attachment (the kernel frees names lazily).
+    pub host_ifname: String,
+    /// Name of the interface inside the sandbox.
+    pub ifname: String,
+    /// Addresses for the sandbox interface, with their prefix.
+    pub addresses: Vec<IpNetwork>,
+    /// Extra routes (destination, gateway) besides the default route.
+    pub routes: Vec<(IpNetwork, Option<IpAddr>)>,
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    /// Who owns the attachment, recorded on the host veth (its alias).
+    pub owner: String,
+}
+
+/// What an attachment made.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub bridge: Link,
+    pub host: Link,
+    pub sandbox: Link,
+    pub addresses: Vec<IpNetwork>,
+    pub gateways: Vec<IpAddr>,
+}
+
+/// Attaches the namespace `ns` (reached through `sandbox`, a connection inside it) to
+/// `network`, whose bridge lives where `host` is connected.
+pub async fn attach(
+    host: &Netlink,
+    sandbox: &Netlink,
+    ns: &NetNs,
+    network: &NetworkSpec,
+    spec: &AttachSpec,
+) -> Result<Attachment> {
+    let bridge = host
+        .ensure_bridge(&BridgeSpec {
+            name: network.bridge.clone(),
+            mtu: network.mtu,
+        })
+        .await?;
+    for gw in network.gateway_addresses() {
+        host.ensure_address(&bridge, gw).await?;
+    }
+    let veth = VethSpec {
+        host_name: spec.host_ifname.clone(),
+        peer_name: spec.ifname.clone(),
+        controller: Some(bridge.index),
+        mtu: spec.mtu.or(network.mtu),
+        peer_mac: spec.mac,
+        alias: Some(spec.owner.clone()),
+    };
+    let host_link = host.create_veth(&veth, ns).await?;
+    match configure_sandbox(sandbox, network, spec).await {
+        Ok((sandbox_link, gateways)) => Ok(Attachment {
+            bridge,
+            host: host_link,
+            sandbox: sandbox_link,
+            addresses: spec.addresses.clone(),
+            gateways,
+        }),
+        Err(e) => {
+            // Removing the host end removes the pair, and with it everything set inside.
+            if let Err(undo) = host.delete_link(&spec.host_ifname).await {
+                tracing::warn!(%undo, link = %spec.host_ifname, "rollback of veth failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn configure_sandbox(
+    sandbox: &Netlink,
+    network: &NetworkSpec,
+    spec: &AttachSpec,
+) -> Result<(Link, Vec<IpAddr>)> {
+    sandbox.loopback_up().await?;
+    let link = sandbox.link_by_name(&spec.ifname).await?.ok_or_else(|| {
+        crate::netlink::NetlinkError::LinkNotFound {
+            name: spec.ifname.clone(),
+        }
+    })?;
+    for address in &spec.addresses {
+        sandbox.add_address(&link, *address).await?;
+    }
+    // The peer cannot be brought up in the request that creates it.
+    sandbox.set_up(link.index, &link.name).await?;
+    let mut gateways = Vec::new();
+    if network.is_default_gateway {
+        for address in &spec.addresses {
+            if let Some(gw) = crate::network::gateway_for(network, address.ip()) {
+                let any = match gw {
+                    IpAddr::V4(_) => IpNetwork::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+                    IpAddr::V6(_) => IpNetwork::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0),
+                }
+                .map_err(|e| crate::Error::Config(e.to_string()))?;
+                sandbox.add_route(&link, any, Some(gw)).await?;
+                gateways.push(gw);
+            }
+        }
+    }
+    for (dst, gw) in &spec.routes {
+        let gw = gw.or_else(|| crate::network::gateway_for(network, dst.ip()));
+        sandbox.add_route(&link, *dst, gw).await?;
+    }
+    let link = sandbox.link_by_index(link.index).await?.unwrap_or(link);
+    Ok((link, gateways))
+}
+
+/// Detaches by removing the host end of the veth (which removes the pair). Idempotent.
+pub async fn detach(host: &Netlink, host_ifname: &str) -> Result<()> {
+    host.delete_link(host_ifname).await?;
+    Ok(())
+}
+
+/// A fresh host-side veth name: "nbx" and 8 random hex digits. Names are never reused right
+/// away, because the kernel frees a veth's name only once its namespace is gone.
+pub fn random_host_ifname() -> String {
+    let mut buf = [0u8; 4];
+    if getrandom(&mut buf).is_err() {
+        // Fall back on time and pid: unique enough for a name that is retried on EEXIST.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        buf = (t ^ std::process::id().rotate_left(16)).to_be_bytes();
+    }
+    format!("nbx{:08x}", u32::from_be_bytes(buf))
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    // SAFETY: buf is valid for writes of its length.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n as usize == buf.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

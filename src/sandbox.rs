@@ -1,0 +1,214 @@
+//! `netbox run`: a command in a fresh network namespace, attached to a bridge network, with its
+//! own resolv.conf, hosts and hostname, cleaned up however it ends.
+//!
+//! Teardown is lazy by design. The namespace is referenced only by netbox (until the command
+//! starts) and by the command; the command dies with netbox (PDEATHSIG); when the last process
+//! of the namespace exits, the kernel destroys it and with it both ends of the veth. The lease
+//! records netbox's pid and start time, so even after a SIGKILL it is reclaimed by the next run.
+//! No synchronous veth deletion (tens of ms) is ever on the exit path.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnetwork::IpNetwork;
+
+use crate::attach::{self, AttachSpec, Attachment};
+use crate::dns;
+use crate::ipam::{Owner, Store};
+use crate::netlink::Netlink;
+use crate::netns::NetNs;
+use crate::network::{self, NetworkSpec};
+use crate::process::{self, NetSetup, SandboxSpec, UserSpec};
+use crate::{Error, Result};
+
+/// How the sandbox is networked.
+#[derive(Debug, Clone)]
+pub enum NetMode {
+    /// Attached to a bridge network (built-in or from a conflist).
+    Bridge {
+        network: String,
+        subnet: Option<IpNetwork>,
+    },
+    /// Loopback only; works without privileges through a user namespace.
+    None,
+}
+
+/// Everything `netbox run` needs.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub net: NetMode,
+    pub ips: Vec<IpNetwork>,
+    pub ifname: String,
+    pub mtu: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+    pub hostname: Option<String>,
+    pub dns: Vec<IpAddr>,
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: Option<PathBuf>,
+    pub keep_caps: Vec<caps::Capability>,
+    pub user: Option<UserSpec>,
+}
+
+/// True when netbox can build bridge networks: it needs CAP_NET_ADMIN for netlink and
+/// CAP_SYS_ADMIN for namespaces, in the initial user namespace.
+pub fn privileged() -> bool {
+    use caps::{has_cap, CapSet, Capability};
+    has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN).unwrap_or(false)
+        && has_cap(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap_or(false)
+}
+
+/// Runs the command and returns its shell-style exit code. Call it from the main thread before
+/// any other thread exists: it blocks the forwarded signals for the whole process.
+pub fn run(spec: RunSpec) -> Result<i32> {
+    process::block_forwarded_signals()?;
+    match &spec.net {
+        NetMode::None if !privileged() => exec(&spec, NetSetup::NewRootless, &[]),
+        NetMode::None => {
+            let (ns, socket) = NetNs::create_with(Netlink::open_socket)?;
+            let socket = socket.map_err(crate::netlink::NetlinkError::Socket)?;
+            runtime()?.block_on(async {
+                let sandbox = Netlink::from_socket(socket)?;
+                sandbox.loopback_up().await?;
+                Ok::<_, Error>(())
+            })?;
+            exec(&spec, NetSetup::Join(ns.try_clone_fd()?), &[])
+        }
+        NetMode::Bridge { network, subnet } => {
+            if !privileged() {
+                return Err(Error::Config(
+                    "bridge networking needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN on the host); \
+                     run with sudo, or use --net none for a loopback-only sandbox without privileges"
+                        .into(),
+                ));
+            }
+            let network = network::resolve(network, &network::conf_dirs(), *subnet)?;
+            run_bridged(&spec, &network)
+        }
+    }
+}
+
+fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
+    let store = Store::open(&data_dir(network), &network.name)?;
+    let owner = Owner::current_process()?;
+    let (ns, socket) = NetNs::create_with(Netlink::open_socket)?;
+    let socket = socket.map_err(crate::netlink::NetlinkError::Socket)?;
+    let attached = runtime()?.block_on(async {
+        let host = Netlink::connect()?;
+        let sandbox = Netlink::from_socket(socket)?;
+        let bridge = host.link_by_name(&network.bridge).await?;
+        network.check_no_overlap(&host.routes().await?, bridge.map(|b| b.index))?;
+        if let Err(e) = store.reclaim_dead() {
+            tracing::warn!(%e, "reclaiming leases of dead sandboxes failed");
+        }
+        let addresses = allocate(&store, network, &owner, &spec.ips)?;
+        let attach_spec = AttachSpec {
+            host_ifname: attach::random_host_ifname(),
+            ifname: spec.ifname.clone(),
+            addresses,
+            routes: network.ipam.routes.iter().map(|r| (r.dst, r.gw)).collect(),
+            mtu: spec.mtu,
+            mac: spec.mac,
+            owner: format!("netbox:{}:pid{}", network.name, std::process::id()),
+        };
+        match attach::attach(&host, &sandbox, &ns, network, &attach_spec).await {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                let _ = store.release(&owner);
+                Err(e)
+            }
+        }
+    });
+    // The runtime and its sockets are gone here: only `ns` (and soon the child) hold the
+    // namespace, so it dies with the child.
+    let attached: Attachment = attached?;
+    let addrs: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
+    let result = exec(spec, NetSetup::Join(ns.try_clone_fd()?), &addrs);
+    drop(ns);
+    if let Err(e) = store.release(&owner) {
+        tracing::warn!(%e, "releasing the lease failed; the next run reclaims it");
+    }
+    result
+}
+
+fn allocate(
+    store: &Store,
+    network: &NetworkSpec,
+    owner: &Owner,
+    ips: &[IpNetwork],
+) -> Result<Vec<IpNetwork>> {
+    for ip in ips {
+        let fits = network.subnets().iter().any(|s| {
+            s.contains(ip.ip())
+                && (ip.prefix() == s.prefix() || ip.prefix() == if ip.is_ipv4() { 32 } else { 128 })
+        });
+        if !fits {
+            return Err(Error::Config(format!(
+                "--ip {ip}: not in network \"{}\" ({})",
+                network.name,
+                network
+                    .subnets()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let requested: Vec<IpAddr> = ips.iter().map(|i| i.ip()).collect();
+    let leases = store.allocate(&network.ipam, owner, &requested)?;
+    Ok(leases.into_iter().map(|a| a.address).collect())
+}
+
+fn exec(spec: &RunSpec, net: NetSetup, addrs: &[IpAddr]) -> Result<i32> {
+    // A signal that came during set-up (blocked until now) means: do not start CMD at all.
+    if let Some(sig) = process::take_pending_signal() {
+        return Ok(128 + sig as i32);
+    }
+    let resolv = dns::host_resolv_conf(&spec.dns);
+    for warning in &resolv.warnings {
+        eprintln!("netbox: warning: {warning}");
+    }
+    let hostname = spec.hostname.clone().unwrap_or_else(host_hostname);
+    let user = spec.user.clone().or_else(UserSpec::from_sudo_env);
+    let child = process::spawn(&SandboxSpec {
+        program: spec.program.clone(),
+        args: spec.args.clone(),
+        net,
+        hostname: spec.hostname.clone(),
+        resolv_conf: Some(resolv.content.into_bytes()),
+        hosts: Some(dns::hosts(&hostname, addrs).into_bytes()),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        keep_caps: spec.keep_caps.clone(),
+        user,
+    })?;
+    Ok(child.wait()?)
+}
+
+fn host_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn data_dir(network: &NetworkSpec) -> PathBuf {
+    network
+        .ipam
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::ipam::store::default_data_dir)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|source| Error::Io {
+            context: "starting the netlink runtime".into(),
+            source,
+        })
+}

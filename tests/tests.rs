@@ -1,0 +1,6 @@
+//! One integration-test binary (see README): each module is a feature area.
+mod harness;
+
+mod ipam;
+mod netlink;
+mod run;
