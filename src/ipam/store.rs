@@ -1,0 +1,878 @@
+//! The lease store: one directory per network, safe against concurrent processes and crashes.
+//!
+//! Layout of `<data dir>/<network>/`:
+//! - `lock`: held (flock) for every change, so allocations of all threads and processes
+//!   serialize; the kernel drops it when its holder dies, however it dies;
+//! - `leases/<ip>`: one entry per address handed out, a symlink to its owner's index
+//!   (`../owners/cni/<container>+<ifname>` or `../owners/proc/<pid>.<start time>`). Whether an
+//!   address is free is one `lstat`, whatever the number of leases;
+//! - `owners/cni/<container>+<ifname>` and `owners/proc/<pid>.<start time>`: per owner, a symlink
+//!   whose target lists the addresses it holds (`10.0.0.2,fd00::2`). Release by owner reads its
+//!   index instead of every lease, and `reclaim_dead` lists only `owners/proc`, i.e. the
+//!   `netbox run` sandboxes;
+//! - `cursor.<set>`: the last address handed out in each range set. The scan for a free address
+//!   resumes right after it, where the next address is almost always free, so an allocation is a
+//!   few `lstat`s and three small writes at 10 or 20,000 leases alike (host-local instead reads
+//!   every lease file under its lock). A lost or stale cursor only makes one scan longer;
+//! - `tmp/`: entries being prepared.
+//!
+//! Crash safety. Records are symlinks because creating one is atomic and carries its whole
+//! content: a crash leaves it absent or complete, never empty or half-written, and no data block
+//! needs its own fsync. A lease is created with `symlink()`, which fails if the address is leased
+//! already (as O_EXCL would): a second guard against handing it out twice besides the lock. An
+//! index is prepared in `tmp/` and renamed over the old one. Ordering makes the store consistent
+//! whatever the crash, even of the machine: the owner index is made durable (directory fsync)
+//! before its leases are created, and leases are removed (and that made durable) before their
+//! index, so every lease is always listed in its owner's index. An index naming an address its
+//! owner does not hold (the crash came between the two steps) is harmless: a lease counts only if
+//! its own symlink names the owner, so such entries are skipped and vanish at the next release.
+//! `netbox run` leases record the pid and the process start time, so a lease whose process is
+//! gone (killed with SIGKILL, or a reboot) is reclaimable and a reused pid is not taken for it.
+//! The same fact makes their durability pointless (a machine crash kills the owner), so only CNI
+//! leases pay for the directory fsyncs; the ordering holds for both.
+//!
+//! Migration from host-local: when `dataDir` points at host-local's directory, its lease files
+//! (`<network>/<ip>`) are treated as taken, and its `lock` file is the one both lock.
+
+use std::fmt::Write as _;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use super::range::{scan_order, to_u128};
+use super::{IpamConfig, IpamError, Range};
+
+type Result<T, E = IpamError> = std::result::Result<T, E>;
+
+/// Longest network name accepted as a directory name.
+const MAX_NAME: usize = 200;
+/// Longest file name most Linux file systems accept.
+const MAX_FILE_NAME: usize = 255;
+/// What a lease's symlink target starts with, before the owner's index name.
+const LEASE_TARGET_PREFIX: &str = "../owners/";
+
+/// Where leases live unless a configuration's `dataDir` says otherwise:
+/// `$NETBOX_DATA_DIR/ipam`, or `/var/lib/netbox/ipam`.
+pub fn default_data_dir() -> PathBuf {
+    match std::env::var_os("NETBOX_DATA_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("ipam"),
+        _ => PathBuf::from("/var/lib/netbox/ipam"),
+    }
+}
+
+/// Who holds a lease.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Owner {
+    /// A CNI attachment.
+    Cni {
+        container_id: String,
+        ifname: String,
+    },
+    /// A `netbox run` process, told apart from a later process with the same pid by its start
+    /// time.
+    Process { pid: u32, start_time: u64 },
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Cni {
+                container_id,
+                ifname,
+            } => write!(f, "container {container_id} ({ifname})"),
+            Owner::Process { pid, .. } => write!(f, "netbox run (pid {pid})"),
+        }
+    }
+}
+
+impl Owner {
+    /// The calling process.
+    pub fn current_process() -> Result<Owner> {
+        let pid = std::process::id();
+        let start_time = process_start_time(pid)
+            .ok_or_else(|| IpamError::BadOwner(format!("cannot read /proc/{pid}/stat")))?;
+        Ok(Owner::Process { pid, start_time })
+    }
+
+    /// False once the owning process is gone (a new process with the same pid has another start
+    /// time). CNI owners are alive until the runtime says otherwise (DEL or GC).
+    pub fn is_alive(&self) -> bool {
+        match self {
+            Owner::Cni { .. } => true,
+            Owner::Process { pid, start_time } => process_start_time(*pid) == Some(*start_time),
+        }
+    }
+
+    /// The owner's index, relative to `owners/`: `cni/<container>+<ifname>` or
+    /// `proc/<pid>.<start time>`. Container ids and interface names are escaped (`%XX` for
+    /// anything but `[A-Za-z0-9._-]`), so every owner gets its own file name, none is a path, and
+    /// the owner can be read back from the name.
+    fn index_name(&self) -> Result<String> {
+        match self {
+            Owner::Cni {
+                container_id,
+                ifname,
+            } => {
+                if container_id.is_empty() || ifname.is_empty() {
+                    return Err(IpamError::BadOwner(format!(
+                        "container id {container_id:?} and interface name {ifname:?} must not be empty"
+                    )));
+                }
+                let mut name = String::from("cni/");
+                escape(container_id, &mut name);
+                name.push('+');
+                escape(ifname, &mut name);
+                if name.len() - "cni/".len() > MAX_FILE_NAME {
+                    return Err(IpamError::BadOwner(format!(
+                        "container id {container_id:?} with interface {ifname:?} is too long"
+                    )));
+                }
+                Ok(name)
+            }
+            Owner::Process { pid, start_time } => Ok(format!("proc/{pid}.{start_time}")),
+        }
+    }
+
+    /// The owner an index name stands for (None for names netbox does not write).
+    fn from_index_name(name: &str) -> Option<Owner> {
+        if let Some(file) = name.strip_prefix("cni/") {
+            let (id, ifname) = file.split_once('+')?;
+            return Some(Owner::Cni {
+                container_id: unescape(id)?,
+                ifname: unescape(ifname)?,
+            });
+        }
+        let (pid, start_time) = name.strip_prefix("proc/")?.split_once('.')?;
+        Some(Owner::Process {
+            pid: pid.parse().ok()?,
+            start_time: start_time.parse().ok()?,
+        })
+    }
+}
+
+fn escape(s: &str, out: &mut String) {
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+fn unescape(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat, in clock ticks since boot).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// An address handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// The address with its subnet's prefix.
+    pub address: IpNetwork,
+    pub gateway: Option<IpAddr>,
+    /// Index of the range set it came from.
+    pub range_set: usize,
+}
+
+/// A lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: IpAddr,
+    pub owner: Owner,
+}
+
+/// Points of a write sequence, for tests that kill a process there to check crash safety.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// `allocate`: the owner index is durable, the leases are not created yet.
+    IndexWritten,
+    /// `allocate`: the leases are durable, the cursors are not updated yet.
+    LeasesWritten,
+    /// `release`: the leases are removed, the index is still there.
+    LeasesRemoved,
+}
+
+/// The leases of one network. Cheap to clone; any number of threads and processes may use the
+/// same network at once.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+    network: String,
+    step_hook: Option<fn(Step)>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store of `network` under `data_dir`. The name is checked
+    /// before anything touches the disk.
+    pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
+        validate_network_name(network)?;
+        let dir = data_dir.join(network);
+        for sub in ["leases", "owners/cni", "owners/proc", "tmp"] {
+            let path = dir.join(sub);
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&path)
+                .map_err(|source| IpamError::Io {
+                    path,
+                    context: "creating the store",
+                    source,
+                })?;
+        }
+        Ok(Store {
+            dir,
+            network: network.into(),
+            step_hook: None,
+        })
+    }
+
+    /// Calls `hook` at each [`Step`]; tests use it to stop a process mid-way.
+    #[doc(hidden)]
+    pub fn with_step_hook(mut self, hook: fn(Step)) -> Store {
+        self.step_hook = Some(hook);
+        self
+    }
+
+    /// The network's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Hands `owner` one address per range set: the requested one where given (each requested
+    /// address picks the set that contains it), else the next free one after the set's cursor.
+    /// An owner that already holds an address in a set gets it again, so a repeated ADD is
+    /// idempotent. All or nothing: on failure nothing new stays leased.
+    pub fn allocate(
+        &self,
+        cfg: &IpamConfig,
+        owner: &Owner,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Allocation>> {
+        let index = owner.index_name()?;
+        let wanted = self.requested_per_set(cfg, requested)?;
+        let _lock = self.lock()?;
+        self.clean_tmp();
+        let previous = self.read_index(&index)?;
+        // What the owner really holds: index entries whose lease names it.
+        let held: Vec<IpAddr> = previous
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|ip| self.holds(*ip, &index))
+            .collect();
+        let mut chosen: Vec<(usize, IpAddr, bool)> = Vec::new(); // (set, ip, newly leased)
+        for (i, set) in cfg.range_sets.iter().enumerate() {
+            let mine = held.iter().copied().find(|ip| cfg.set_of(*ip) == Some(i));
+            let want = wanted.get(i).copied().flatten();
+            let (ip, new) = match (want, mine) {
+                (None, Some(ip)) => (ip, false),
+                (Some(want), Some(ip)) if want == ip => (ip, false),
+                (Some(want), _) => {
+                    self.check_free(want)?;
+                    (want, true)
+                }
+                (None, None) => (self.find_free(i, set)?, true),
+            };
+            chosen.push((i, ip, new));
+        }
+        // A process lease needs no durability: a machine crash kills its owner, and the lease of
+        // a dead owner is reclaimable anyway. Skipping the directory fsyncs keeps `netbox run`
+        // off the journal's latency on real disks.
+        let durable = matches!(owner, Owner::Cni { .. });
+        let fresh: Vec<(usize, IpAddr)> =
+            chosen.iter().filter(|c| c.2).map(|c| (c.0, c.1)).collect();
+        if !fresh.is_empty() {
+            // Index first, durably: a lease is never on disk without its owner's index. It keeps
+            // listing what the owner held before, so an undo or crash loses nothing.
+            let mut ips = held.clone();
+            ips.extend(fresh.iter().map(|f| f.1));
+            self.write_index(&index, &ips)?;
+            if durable {
+                self.sync_dir(&self.dir.join("owners").join(owner_dir(owner)))?;
+            }
+            self.step(Step::IndexWritten);
+            let mut linked = Vec::new();
+            for (_, ip) in &fresh {
+                if let Err(e) = self.create_lease(*ip, &index) {
+                    self.undo(&linked, &index, previous.as_deref());
+                    return Err(e);
+                }
+                linked.push(*ip);
+            }
+            if durable {
+                if let Err(e) = self.sync_dir(&self.dir.join("leases")) {
+                    self.undo(&linked, &index, previous.as_deref());
+                    return Err(e);
+                }
+            }
+            self.step(Step::LeasesWritten);
+            for (set, ip) in &fresh {
+                // Only a hint: no fsync, and a failure costs a longer scan next time.
+                let _ = self.write_cursor(*set, *ip);
+            }
+            // Addresses replaced by a requested one go once the new lease is durable, so the
+            // owner is never left with nothing; the index still lists them, which is harmless.
+            for ip in held
+                .iter()
+                .filter(|ip| fresh.iter().any(|(set, _)| cfg.set_of(**ip) == Some(*set)))
+            {
+                self.remove_entry(&self.lease_path(*ip), "removing a lease")?;
+            }
+        }
+        Ok(chosen
+            .iter()
+            .map(|(set, ip, _)| allocation(cfg, *set, *ip))
+            .collect())
+    }
+
+    /// Releases every lease of `owner`. Idempotent: returns how many were released, 0 when it
+    /// held none.
+    pub fn release(&self, owner: &Owner) -> Result<usize> {
+        // An owner that cannot have an index (allocate refuses it) holds nothing.
+        let Ok(index) = owner.index_name() else {
+            return Ok(0);
+        };
+        let _lock = self.lock()?;
+        self.release_locked(&index)
+    }
+
+    /// Every lease of the network, in address order.
+    pub fn leases(&self) -> Result<Vec<Lease>> {
+        let dir = self.dir.join("leases");
+        let mut out = Vec::new();
+        for name in list_dir(&dir, "listing leases")? {
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue;
+            };
+            // Gone between the listing and the read: not a lease any more.
+            let Some(index) = self.lease_owner(ip)? else {
+                continue;
+            };
+            if let Some(owner) = Owner::from_index_name(&index) {
+                out.push(Lease { ip, owner });
+            }
+        }
+        out.sort_by_key(|l| (l.ip.is_ipv6(), to_u128(l.ip)));
+        Ok(out)
+    }
+
+    /// The leases `owner` holds (read from its index: cheap at any number of leases).
+    pub fn leases_of(&self, owner: &Owner) -> Result<Vec<Lease>> {
+        let Ok(index) = owner.index_name() else {
+            return Ok(vec![]);
+        };
+        Ok(self
+            .read_index(&index)?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| self.holds(*ip, &index))
+            .map(|ip| Lease {
+                ip,
+                owner: owner.clone(),
+            })
+            .collect())
+    }
+
+    /// Garbage collection: releases every CNI lease whose attachment is not in `valid`, and
+    /// every process lease whose process is dead; live `netbox run` sandboxes keep theirs.
+    /// Returns the released leases. It reads every lease (not only the indexes), so it would
+    /// also clear anything inconsistent.
+    pub fn gc(&self, valid: &[Owner]) -> Result<Vec<Lease>> {
+        let _lock = self.lock()?;
+        let keep = |owner: &Owner| match owner {
+            Owner::Cni { .. } => valid.contains(owner),
+            Owner::Process { .. } => owner.is_alive(),
+        };
+        let released: Vec<Lease> = self
+            .leases()?
+            .into_iter()
+            .filter(|lease| !keep(&lease.owner))
+            .collect();
+        for lease in &released {
+            self.remove_entry(&self.lease_path(lease.ip), "removing a lease")?;
+        }
+        if !released.is_empty() {
+            self.sync_dir(&self.dir.join("leases"))?;
+        }
+        // Indexes go after their leases; also those left naming nothing by a crash.
+        for kind in ["cni", "proc"] {
+            for file in list_dir(&self.dir.join("owners").join(kind), "listing owners")? {
+                let index = format!("{kind}/{file}");
+                let Some(owner) = Owner::from_index_name(&index) else {
+                    continue;
+                };
+                let ips = self.read_index(&index)?.unwrap_or_default();
+                if !keep(&owner) || !ips.iter().any(|ip| self.holds(*ip, &index)) {
+                    self.remove_entry(&self.index_path(&index), "removing an owner index")?;
+                }
+            }
+        }
+        Ok(released)
+    }
+
+    /// Releases the leases of `netbox run` processes that are gone; returns how many. Reads only
+    /// the process owners' indexes.
+    pub fn reclaim_dead(&self) -> Result<usize> {
+        let _lock = self.lock()?;
+        let mut count = 0;
+        for file in list_dir(&self.dir.join("owners/proc"), "listing owners")? {
+            let index = format!("proc/{file}");
+            if Owner::from_index_name(&index).is_some_and(|owner| !owner.is_alive()) {
+                count += self.release_locked(&index)?;
+            }
+        }
+        Ok(count)
+    }
+
+    fn release_locked(&self, index: &str) -> Result<usize> {
+        let Some(ips) = self.read_index(index)? else {
+            return Ok(0);
+        };
+        let mut count = 0;
+        for ip in ips {
+            // The index may name an address someone else holds now (see the module comment).
+            if self.holds(ip, index) {
+                self.remove_entry(&self.lease_path(ip), "removing a lease")?;
+                count += 1;
+            }
+        }
+        if count > 0 && index.starts_with("cni/") {
+            // The removals are durable before the index goes: see the module comment.
+            self.sync_dir(&self.dir.join("leases"))?;
+        }
+        self.step(Step::LeasesRemoved);
+        self.remove_entry(&self.index_path(index), "removing an owner index")?;
+        Ok(count)
+    }
+
+    /// One requested address per range set (None where none was asked for), checked against
+    /// the configuration before anything is locked.
+    fn requested_per_set(
+        &self,
+        cfg: &IpamConfig,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Option<IpAddr>>> {
+        let mut wanted = vec![None; cfg.range_sets.len()];
+        for ip in requested {
+            let set = cfg.set_of(*ip).ok_or_else(|| IpamError::RequestedOutside {
+                network: self.network.clone(),
+                ip: *ip,
+                ranges: cfg.describe(),
+            })?;
+            if cfg.range_sets[set]
+                .iter()
+                .any(|r| r.contains(*ip) && r.is_reserved(*ip))
+            {
+                return Err(IpamError::RequestedReserved {
+                    network: self.network.clone(),
+                    ip: *ip,
+                });
+            }
+            if let Some(other) = wanted[set].replace(*ip) {
+                return Err(IpamError::RequestedTwice {
+                    network: self.network.clone(),
+                    a: other,
+                    b: *ip,
+                });
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// Fails when a requested address is leased (by netbox or by host-local).
+    fn check_free(&self, ip: IpAddr) -> Result<()> {
+        let holder = match self.lease_owner(ip)? {
+            Some(index) => Owner::from_index_name(&index)
+                .map(|o| o.to_string())
+                .unwrap_or(index),
+            None if exists(&self.host_local_lease(ip)) => "a host-local lease".into(),
+            None => return Ok(()),
+        };
+        Err(IpamError::RequestedTaken {
+            network: self.network.clone(),
+            ip,
+            owner: holder,
+        })
+    }
+
+    /// The first free address after the set's cursor: usually the very first one tried.
+    fn find_free(&self, set_index: usize, set: &[Range]) -> Result<IpAddr> {
+        let cursor = fs::read_to_string(self.cursor_path(set_index))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        scan_order(set, cursor)
+            .find(|ip| !exists(&self.lease_path(*ip)) && !exists(&self.host_local_lease(*ip)))
+            .ok_or_else(|| IpamError::Exhausted {
+                network: self.network.clone(),
+                ranges: set
+                    .iter()
+                    .map(Range::describe)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// True when the lease of `ip` points at the index `index`.
+    fn holds(&self, ip: IpAddr, index: &str) -> bool {
+        matches!(self.lease_owner(ip), Ok(Some(i)) if i == index)
+    }
+
+    /// Puts things back after a failed allocation (best effort: the error being reported
+    /// matters more than a failure here, and the index still lists anything left behind).
+    fn undo(&self, linked: &[IpAddr], index: &str, previous: Option<&[IpAddr]>) {
+        for ip in linked {
+            let _ = fs::remove_file(self.lease_path(*ip));
+        }
+        let _ = self.sync_dir(&self.dir.join("leases"));
+        match previous {
+            Some(ips) => {
+                let _ = self.write_index(index, ips);
+            }
+            None => {
+                let _ = fs::remove_file(self.index_path(index));
+            }
+        }
+    }
+
+    fn step(&self, step: Step) {
+        if let Some(hook) = self.step_hook {
+            hook(step);
+        }
+    }
+
+    fn lock(&self) -> Result<File> {
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| IpamError::Io {
+                path: path.clone(),
+                context: "opening the lock",
+                source,
+            })?;
+        // flock: per open file, so threads of one process exclude each other too; released
+        // when the file is closed, including when the process dies.
+        file.lock().map_err(|source| IpamError::Io {
+            path,
+            context: "taking the lock",
+            source,
+        })?;
+        Ok(file)
+    }
+
+    /// Removes what writers that crashed left in `tmp/` (we hold the lock: no one is writing).
+    fn clean_tmp(&self) {
+        if let Ok(entries) = fs::read_dir(self.dir.join("tmp")) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn lease_path(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join("leases").join(ip.to_string())
+    }
+
+    fn host_local_lease(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+
+    fn index_path(&self, index: &str) -> PathBuf {
+        self.dir.join("owners").join(index)
+    }
+
+    fn cursor_path(&self, set: usize) -> PathBuf {
+        self.dir.join(format!("cursor.{set}"))
+    }
+
+    /// A path in `tmp/` for preparing a `kind` of record: the pid keeps processes apart, the
+    /// lock threads. Short, whatever the record's name.
+    fn tmp_path(&self, kind: &str) -> PathBuf {
+        self.dir
+            .join("tmp")
+            .join(format!("{kind}.{}", std::process::id()))
+    }
+
+    /// The index name a lease points at, None when the address is free.
+    fn lease_owner(&self, ip: IpAddr) -> Result<Option<String>> {
+        let Some(target) = read_link(&self.lease_path(ip))? else {
+            return Ok(None);
+        };
+        Ok(Some(
+            target
+                .strip_prefix(LEASE_TARGET_PREFIX)
+                .map(str::to_string)
+                .unwrap_or(target),
+        ))
+    }
+
+    /// Creates the lease of `ip` for the owner of `index`; fails if the address is leased.
+    fn create_lease(&self, ip: IpAddr, index: &str) -> Result<()> {
+        let path = self.lease_path(ip);
+        symlink(format!("{LEASE_TARGET_PREFIX}{index}"), &path).map_err(|source| {
+            IpamError::Io {
+                path,
+                context: if source.kind() == io::ErrorKind::AlreadyExists {
+                    // Only a writer that bypassed the lock can get here.
+                    "address already leased (was the store changed without its lock?)"
+                } else {
+                    "creating a lease"
+                },
+                source,
+            }
+        })
+    }
+
+    /// The addresses an index lists, None when there is no index.
+    fn read_index(&self, index: &str) -> Result<Option<Vec<IpAddr>>> {
+        Ok(read_link(&self.index_path(index))?
+            .map(|target| target.split(',').filter_map(|s| s.parse().ok()).collect()))
+    }
+
+    /// Replaces an index atomically (a symlink prepared in `tmp/`, renamed into place).
+    fn write_index(&self, index: &str, ips: &[IpAddr]) -> Result<()> {
+        let target = ips
+            .iter()
+            .map(IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let tmp = self.tmp_path("index");
+        let path = self.index_path(index);
+        let _ = fs::remove_file(&tmp);
+        symlink(&target, &tmp)
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(|source| IpamError::Io {
+                path,
+                context: "writing an owner index",
+                source,
+            })
+    }
+
+    /// Saves a scan hint: written whole then renamed, never fsynced.
+    fn write_cursor(&self, set: usize, ip: IpAddr) -> io::Result<()> {
+        let tmp = self.tmp_path("cursor");
+        let mut file = File::create(&tmp)?;
+        file.write_all(ip.to_string().as_bytes())?;
+        drop(file);
+        fs::rename(&tmp, self.cursor_path(set))
+    }
+
+    fn remove_entry(&self, path: &Path, context: &'static str) -> Result<()> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(IpamError::Io {
+                path: path.to_path_buf(),
+                context,
+                source,
+            }),
+        }
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<()> {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| IpamError::Io {
+                path: dir.to_path_buf(),
+                context: "syncing a directory",
+                source,
+            })
+    }
+}
+
+/// True unless `path` is certainly absent (an entry that cannot be examined counts as present,
+/// so that an address is never handed out on a doubt).
+fn exists(path: &Path) -> bool {
+    !matches!(fs::symlink_metadata(path), Err(e) if e.kind() == io::ErrorKind::NotFound)
+}
+
+/// A symlink's target, None when there is no such entry.
+fn read_link(path: &Path) -> Result<Option<String>> {
+    match fs::read_link(path) {
+        Ok(target) => Ok(Some(target.to_string_lossy().into_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IpamError::Io {
+            path: path.to_path_buf(),
+            context: "reading a record",
+            source,
+        }),
+    }
+}
+
+/// File names in a directory.
+fn list_dir(dir: &Path, context: &'static str) -> Result<Vec<String>> {
+    let io_err = |source| IpamError::Io {
+        path: dir.to_path_buf(),
+        context,
+        source,
+    };
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err)? {
+        if let Ok(name) = entry.map_err(io_err)?.file_name().into_string() {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+fn owner_dir(owner: &Owner) -> &'static str {
+    match owner {
+        Owner::Cni { .. } => "cni",
+        Owner::Process { .. } => "proc",
+    }
+}
+
+fn allocation(cfg: &IpamConfig, set: usize, ip: IpAddr) -> Allocation {
+    let range = cfg.range_sets[set].iter().find(|r| r.contains(ip));
+    let prefix = range
+        .map(|r| r.subnet.prefix())
+        .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
+    Allocation {
+        // The prefix comes from a valid subnet of the same family: the fallback never runs.
+        address: IpNetwork::new(ip, prefix).unwrap_or_else(|_| IpNetwork::from(ip)),
+        gateway: range.and_then(|r| r.gateway),
+        range_set: set,
+    }
+}
+
+/// Refuses network names that are not plain, bounded file names.
+pub fn validate_network_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(IpamError::BadName {
+            name: name.into(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad("it is longer than 200 bytes");
+    }
+    if name.starts_with('.') {
+        return bad("it starts with '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return bad("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_this_process_is_readable_and_stable() {
+        let a = process_start_time(std::process::id()).expect("start time");
+        let b = process_start_time(std::process::id()).expect("start time");
+        assert_eq!(a, b);
+        assert!(Owner::current_process().expect("owner").is_alive());
+        assert!(!Owner::Process {
+            pid: std::process::id(),
+            start_time: a + 1
+        }
+        .is_alive());
+    }
+
+    #[test]
+    fn unsafe_network_names_are_refused() {
+        for name in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a\0b",
+            "x y",
+            &"n".repeat(201),
+        ] {
+            assert!(validate_network_name(name).is_err(), "{name:?}");
+        }
+        for name in ["netbox", "my-net_1.v2", &"n".repeat(200)] {
+            validate_network_name(name).expect(name);
+        }
+    }
+
+    #[test]
+    fn owner_index_names_are_distinct_plain_file_names() {
+        let cni = |c: &str, i: &str| {
+            Owner::Cni {
+                container_id: c.into(),
+                ifname: i.into(),
+            }
+            .index_name()
+            .expect("valid owner")
+        };
+        // Without escaping these pairs would share a name.
+        assert_ne!(cni("a+b", "c"), cni("a", "b+c"));
+        assert_ne!(cni("a.b", "c"), cni("a", "b.c"));
+        for name in [cni("../..", "eth0"), cni("x/y", "a b"), cni(".", ".")] {
+            let file = name.strip_prefix("cni/").expect("cni dir");
+            assert!(!file.contains('/') && file != "." && file != "..", "{name}");
+        }
+        assert!(Owner::Cni {
+            container_id: "x".repeat(300),
+            ifname: "eth0".into()
+        }
+        .index_name()
+        .is_err());
+        assert!(Owner::Cni {
+            container_id: String::new(),
+            ifname: "eth0".into()
+        }
+        .index_name()
+        .is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn owners_are_read_back_from_their_index_names(
+            container_id in "\\PC{1,40}",
+            ifname in "\\PC{1,15}",
+            pid in proptest::prelude::any::<u32>(),
+            start_time in proptest::prelude::any::<u64>(),
+        ) {
+            for owner in [Owner::Cni { container_id, ifname }, Owner::Process { pid, start_time }] {
+                // Only length can make a non-empty owner unindexable.
+                let Ok(name) = owner.index_name() else {
+                    continue;
+                };
+                let file = name.split_once('/').expect("kind/file").1;
+                proptest::prop_assert!(!file.contains('/') && file != "." && file != "..");
+                proptest::prop_assert_eq!(Owner::from_index_name(&name), Some(owner));
+            }
+        }
+    }
+}
