@@ -29,9 +29,17 @@ fn main() {
     time(&unshare_cmd);
     let mut nb = Vec::with_capacity(n);
     let mut un = Vec::with_capacity(n);
+    let gap = Duration::from_millis(
+        std::env::var("NETBOX_BENCH_GAP_MS")
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0),
+    );
     for _ in 0..n {
         nb.push(time(&netbox_cmd));
+        std::thread::sleep(gap);
         un.push(time(&unshare_cmd));
+        std::thread::sleep(gap);
     }
     let (nb_med, un_med) = (median(&mut nb), median(&mut un));
     println!("startup, {n} runs each, interleaved");

@@ -195,12 +195,17 @@ fn fail(e: &netbox::Error) -> i32 {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NETBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // EnvFilter costs a visible share of a 2 ms start: build it only when asked to.
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .without_time()
-        .init();
+        .without_time();
+    match std::env::var("NETBOX_LOG") {
+        Ok(spec) if !spec.is_empty() => builder
+            .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+            .init(),
+        _ => builder
+            .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+            .init(),
+    }
 }

@@ -50,15 +50,38 @@ pub async fn attach(
     network: &NetworkSpec,
     spec: &AttachSpec,
 ) -> Result<Attachment> {
-    let bridge = host
-        .ensure_bridge(&BridgeSpec {
-            name: network.bridge.clone(),
-            mtu: network.mtu,
-        })
-        .await?;
+    let bridge = ensure_bridge(host, network, None).await?;
+    attach_to_bridge(host, sandbox, ns, network, &bridge, spec).await
+}
+
+/// The host half of an attachment, shared by all sandboxes of a network: the bridge, up, with
+/// its gateway addresses. `existing` is the bridge when the caller just looked it up.
+pub async fn ensure_bridge(
+    host: &Netlink,
+    network: &NetworkSpec,
+    existing: Option<Link>,
+) -> Result<Link> {
+    let spec = BridgeSpec {
+        name: network.bridge.clone(),
+        mtu: network.mtu,
+    };
+    let bridge = host.ensure_bridge_from(&spec, existing).await?;
     for gw in network.gateway_addresses() {
         host.ensure_address(&bridge, gw).await?;
     }
+    Ok(bridge)
+}
+
+/// The per-sandbox half: a veth from `bridge` into `ns`, addresses and routes inside. Undoes
+/// itself on failure.
+pub async fn attach_to_bridge(
+    host: &Netlink,
+    sandbox: &Netlink,
+    ns: &NetNs,
+    network: &NetworkSpec,
+    bridge: &Link,
+    spec: &AttachSpec,
+) -> Result<Attachment> {
     let veth = VethSpec {
         host_name: spec.host_ifname.clone(),
         peer_name: spec.ifname.clone(),
@@ -70,7 +93,7 @@ pub async fn attach(
     let host_link = host.create_veth(&veth, ns).await?;
     match configure_sandbox(sandbox, network, spec).await {
         Ok((sandbox_link, gateways)) => Ok(Attachment {
-            bridge,
+            bridge: bridge.clone(),
             host: host_link,
             sandbox: sandbox_link,
             addresses: spec.addresses.clone(),
@@ -91,17 +114,24 @@ async fn configure_sandbox(
     network: &NetworkSpec,
     spec: &AttachSpec,
 ) -> Result<(Link, Vec<IpAddr>)> {
-    sandbox.loopback_up().await?;
-    let link = sandbox.link_by_name(&spec.ifname).await?.ok_or_else(|| {
-        crate::netlink::NetlinkError::LinkNotFound {
-            name: spec.ifname.clone(),
-        }
+    // Requests that do not depend on each other share a round trip (the kernel still handles
+    // them in order, one socket being one queue).
+    let (lo, link) = futures::join!(sandbox.loopback_up(), sandbox.link_by_name(&spec.ifname));
+    lo?;
+    let link = link?.ok_or_else(|| crate::netlink::NetlinkError::LinkNotFound {
+        name: spec.ifname.clone(),
     })?;
-    for address in &spec.addresses {
-        sandbox.add_address(&link, *address).await?;
+    // Addresses, then up (the peer cannot be brought up in the request that creates it).
+    let addresses = futures::future::join_all(
+        spec.addresses
+            .iter()
+            .map(|address| sandbox.add_address(&link, *address)),
+    );
+    let (added, up) = futures::join!(addresses, sandbox.set_up(link.index, &link.name));
+    for result in added {
+        result?;
     }
-    // The peer cannot be brought up in the request that creates it.
-    sandbox.set_up(link.index, &link.name).await?;
+    up?;
     let mut gateways = Vec::new();
     if network.is_default_gateway {
         for address in &spec.addresses {
@@ -120,7 +150,9 @@ async fn configure_sandbox(
         let gw = gw.or_else(|| crate::network::gateway_for(network, dst.ip()));
         sandbox.add_route(&link, *dst, gw).await?;
     }
-    let link = sandbox.link_by_index(link.index).await?.unwrap_or(link);
+    // Its name, index and MAC are the ones looked up above; only its state changed.
+    let mut link = link;
+    link.up = true;
     Ok((link, gateways))
 }
 

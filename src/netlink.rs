@@ -189,7 +189,18 @@ impl Netlink {
     /// up either way. Concurrent callers racing to create it both succeed.
     pub async fn ensure_bridge(&self, spec: &BridgeSpec) -> Result<Link> {
         validate_ifname(&spec.name)?;
-        if let Some(link) = self.link_by_name(&spec.name).await? {
+        let existing = self.link_by_name(&spec.name).await?;
+        self.ensure_bridge_from(spec, existing).await
+    }
+
+    /// [`Netlink::ensure_bridge`] for a caller that just looked the name up (`existing`).
+    pub async fn ensure_bridge_from(
+        &self,
+        spec: &BridgeSpec,
+        existing: Option<Link>,
+    ) -> Result<Link> {
+        validate_ifname(&spec.name)?;
+        if let Some(link) = existing {
             return self.reuse_bridge(spec, link).await;
         }
         let mut builder = LinkBridge::new(&spec.name).up();
@@ -285,22 +296,39 @@ impl Netlink {
                 ))
             }
         }
-        let link = self.link_by_name(&spec.host_name).await?.ok_or_else(|| {
-            NetlinkError::LinkNotFound {
-                name: spec.host_name.clone(),
+        // The host end is looked up (its index changed with the creation) while its alias is
+        // set by name, in one round trip: the kernel ignores IFLA_IFALIAS on creation.
+        let lookup = self.link_by_name(&spec.host_name);
+        let alias = async {
+            match &spec.alias {
+                Some(alias) => {
+                    let msg = LinkUnspec::new_with_name(&spec.host_name).alias(alias.clone());
+                    self.handle
+                        .link()
+                        .set(msg.build())
+                        .execute()
+                        .await
+                        .map_err(|e| {
+                            request_error(
+                                format!("recording the owner of \"{}\"", spec.host_name),
+                                e,
+                            )
+                        })
+                }
+                None => Ok(()),
             }
-        })?;
-        if let Some(alias) = &spec.alias {
-            // The kernel ignores IFLA_IFALIAS when creating a link: set it afterwards.
-            let msg = LinkUnspec::new_with_index(link.index).alias(alias.clone());
-            if let Err(e) = self.handle.link().set(msg.build()).execute().await {
+        };
+        let (link, alias) = futures::join!(lookup, alias);
+        let link = match (link, alias) {
+            (Ok(Some(link)), Ok(())) => link,
+            (link, alias) => {
                 let _ = self.delete_link(&spec.host_name).await;
-                return Err(request_error(
-                    format!("recording the owner of \"{}\"", spec.host_name),
-                    e,
-                ));
+                alias?;
+                link?.ok_or_else(|| NetlinkError::LinkNotFound {
+                    name: spec.host_name.clone(),
+                })?
             }
-        }
+        };
         Ok(link)
     }
 
@@ -452,23 +480,25 @@ impl Netlink {
 
     /// The main table's routes, both families.
     pub async fn routes(&self) -> Result<Vec<Route>> {
-        let mut out = Vec::new();
-        let queries = [
-            RouteMessageBuilder::<Ipv4Addr>::new().build(),
-            RouteMessageBuilder::<Ipv6Addr>::new().build(),
-        ];
-        for query in queries {
-            let msgs: Vec<RouteMessage> = self
-                .handle
+        let dump = |query: RouteMessage| async move {
+            self.handle
                 .route()
                 .get(query)
                 .execute()
-                .try_collect()
+                .try_collect::<Vec<RouteMessage>>()
                 .await
-                .map_err(|e| request_error("listing routes".into(), e))?;
-            out.extend(msgs.iter().filter_map(route_from_message));
-        }
-        Ok(out)
+                .map_err(|e| request_error("listing routes".into(), e))
+        };
+        // Both families in one round trip.
+        let (v4, v6) = futures::try_join!(
+            dump(RouteMessageBuilder::<Ipv4Addr>::new().build()),
+            dump(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        )?;
+        Ok(v4
+            .iter()
+            .chain(v6.iter())
+            .filter_map(route_from_message)
+            .collect())
     }
 
     /// Deletes a link by name. Idempotent: an absent link is success. Deleting either end of a

@@ -14,9 +14,7 @@
 use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::Command;
 
 use caps::{CapSet, Capability};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
@@ -243,7 +241,7 @@ pub struct Sandboxed {
 }
 
 /// Why the child stopped before exec: the stage it reports on its error pipe.
-const STAGES: [&str; 9] = [
+const STAGES: [&str; 11] = [
     "arming PDEATHSIG",
     "joining the network namespace",
     "creating user and network namespaces",
@@ -253,6 +251,8 @@ const STAGES: [&str; 9] = [
     "mounting the private /etc/resolv.conf and /etc/hosts",
     "setting the hostname",
     "switching user or dropping capabilities",
+    "changing to the working directory",
+    "executing the command",
 ];
 
 /// Everything the child uses, prepared before the fork.
@@ -272,19 +272,38 @@ struct Prepared {
 
 /// Starts CMD in its sandbox.
 pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed> {
+    prepare(spec)?.start()
+}
+
+/// A child forked and set up (namespaces joined, files mounted, privileges dropped) that waits
+/// for [`Pending::start`] before it execs CMD. Forking early lets the child's set-up run while
+/// the parent still wires the network. Dropping it without starting kills the child.
+#[derive(Debug)]
+pub struct Pending {
+    pid: Pid,
+    go: Option<OwnedFd>,
+    report: OwnedFd,
+    program: String,
+}
+
+/// What the child needs for exec, prepared before the fork.
+struct ExecSpec {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+}
+
+/// Forks the child and lets it set up its sandbox; it execs CMD on [`Pending::start`].
+/// Call it while the process has a single thread (the child may allocate before exec).
+pub fn prepare(spec: &SandboxSpec) -> Result<Pending> {
     let program = spec.program.to_string_lossy().into_owned();
-    let (report_rx, report_tx) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| ProcessError::Sys {
-            what: "creating the set-up report pipe",
-            source,
-        })?;
-    let cstr = |what: &'static str, s: &[u8]| {
-        CString::new(s).map_err(|e| ProcessError::Invalid {
-            what,
-            value: String::from_utf8_lossy(s).into_owned(),
-            reason: e.to_string(),
-        })
+    let pipe = |what: &'static str| {
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|source| ProcessError::Sys { what, source })
     };
+    let (report_rx, report_tx) = pipe("creating the set-up report pipe")?;
+    let (go_rx, go_tx) = pipe("creating the start pipe")?;
     let rootless = match &spec.net {
         NetSetup::NewRootless => {
             let uid = nix::unistd::getuid().as_raw();
@@ -317,7 +336,6 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed> {
             ));
         }
     }
-    let scratch = cstr("path", scratch_dir.as_bytes())?;
     let prepared = Prepared {
         parent: nix::unistd::getpid().as_raw(),
         net_fd: match &spec.net {
@@ -326,65 +344,202 @@ pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed> {
         },
         rootless,
         files,
-        scratch,
+        scratch: cstr("path", scratch_dir.as_bytes())?,
         hostname: spec.hostname.as_ref().map(|h| h.as_bytes().to_vec()),
         user: spec.user.clone(),
         keep_caps: spec.keep_caps.clone(),
         report: report_tx.as_raw_fd(),
     };
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args);
-    for (k, v) in &spec.env {
-        cmd.env(k, v);
+    let exec = exec_spec(spec)?;
+    // SAFETY: fork in a process with one thread; the child only runs `child_main`, which ends
+    // in exec or _exit and never returns into Rust code that assumes the parent's state.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(ProcessError::Sys {
+            what: "forking the sandboxed process",
+            source: nix::Error::last(),
+        });
     }
-    if let Some(user) = &spec.user {
-        if let Some(home) = &user.home {
-            cmd.env("HOME", home);
-        }
-        if let Some(name) = &user.name {
-            cmd.env("USER", name).env("LOGNAME", name);
-        }
+    if pid == 0 {
+        child_main(&prepared, &exec, go_rx.as_raw_fd(), go_tx.as_raw_fd());
     }
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
-    // SAFETY: the closure runs in the forked child of a process that has no other threads at
-    // this point (netbox joins its helper threads and drops its runtime before spawning), and
-    // only makes syscalls on data prepared above.
-    unsafe {
-        cmd.pre_exec(move || child_setup(&prepared));
-    }
-    let spawned = cmd.spawn();
     drop(report_tx);
-    match spawned {
-        Ok(child) => {
-            let pid = Pid::from_raw(child.id() as libc::pid_t);
-            // Reaped by `wait` through waitpid; std's Child does nothing on drop.
-            drop(child);
-            Ok(Sandboxed { pid })
+    drop(go_rx);
+    Ok(Pending {
+        pid: Pid::from_raw(pid),
+        go: Some(go_tx),
+        report: report_rx,
+        program,
+    })
+}
+
+impl Pending {
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Lets the child exec CMD; reports set-up or exec failures.
+    pub fn start(mut self) -> Result<Sandboxed> {
+        if let Some(go) = self.go.take() {
+            // EPIPE here means the child failed its set-up: the report says why.
+            let _ = nix::unistd::write(&go, &[1]);
         }
-        Err(source) => {
-            let mut stage = [0u8; 1];
-            let n = nix::unistd::read(&report_rx, &mut stage).unwrap_or(0);
-            match (n, STAGES.get(usize::from(stage[0]))) {
-                (1, Some(stage)) => Err(ProcessError::Setup {
-                    program,
-                    stage,
-                    source,
-                }),
-                _ => Err(ProcessError::Exec { program, source }),
+        let mut buf = [0u8; 5];
+        let mut got = 0;
+        while got < buf.len() {
+            match nix::unistd::read(&self.report, &mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => break,
             }
         }
+        if got == 0 {
+            // The report pipe closed on exec: CMD runs.
+            return Ok(Sandboxed { pid: self.pid });
+        }
+        let _ = waitpid(self.pid, None);
+        let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+        let source = io::Error::from_raw_os_error(errno);
+        let program = std::mem::take(&mut self.program);
+        Err(match STAGES.get(usize::from(buf[0])) {
+            Some(stage) if got == buf.len() && buf[0] != STAGE_EXEC => ProcessError::Setup {
+                program,
+                stage,
+                source,
+            },
+            _ => ProcessError::Exec { program, source },
+        })
     }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(go) = self.go.take() {
+            // The child reads EOF instead of the start byte and exits.
+            drop(go);
+            let _ = waitpid(self.pid, None);
+        }
+    }
+}
+
+fn cstr(what: &'static str, s: &[u8]) -> Result<CString> {
+    CString::new(s).map_err(|e| ProcessError::Invalid {
+        what,
+        value: String::from_utf8_lossy(s).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The exec arguments: the resolved path, argv (argv[0] as the user wrote it) and the
+/// environment (netbox's own, with the spec's variables and the target user's HOME/USER).
+fn exec_spec(spec: &SandboxSpec) -> Result<ExecSpec> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut overrides: Vec<(OsString, OsString)> = spec.env.clone();
+    if let Some(user) = &spec.user {
+        if let Some(home) = &user.home {
+            overrides.push(("HOME".into(), home.clone().into_os_string()));
+        }
+        if let Some(name) = &user.name {
+            overrides.push(("USER".into(), name.into()));
+            overrides.push(("LOGNAME".into(), name.into()));
+        }
+    }
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !overrides.iter().any(|(o, _)| o == k))
+        .collect();
+    for (k, v) in overrides {
+        env.retain(|(e, _)| e != &k);
+        env.push((k, v));
+    }
+    let envp = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            cstr("environment variable", &kv)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut argv = vec![cstr("command", spec.program.as_bytes())?];
+    for arg in &spec.args {
+        argv.push(cstr("argument", arg.as_bytes())?);
+    }
+    Ok(ExecSpec {
+        path: cstr(
+            "command",
+            resolve_program(&spec.program, &spec.env).as_bytes(),
+        )?,
+        argv,
+        envp,
+        cwd: spec
+            .cwd
+            .as_ref()
+            .map(|c| cstr("working directory", c.as_os_str().as_bytes()))
+            .transpose()?,
+    })
+}
+
+/// Index of the "changing directory" and "exec" stages on the report pipe.
+const STAGE_CWD: u8 = 9;
+const STAGE_EXEC: u8 = 10;
+
+/// The child: set up, wait for the start byte, exec. Never returns.
+fn child_main(p: &Prepared, exec: &ExecSpec, go: RawFd, go_writer: RawFd) -> ! {
+    // SAFETY: plain syscalls on buffers prepared before the fork.
+    unsafe {
+        // Only the parent may hold the writing end: its close is how it says "never start".
+        libc::close(go_writer);
+        if child_setup(p).is_err() {
+            libc::_exit(125);
+        }
+        if let Some(cwd) = &exec.cwd {
+            if libc::chdir(cwd.as_ptr()) < 0 {
+                report(p.report, STAGE_CWD, io::Error::last_os_error());
+                libc::_exit(125);
+            }
+        }
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(go, (&mut byte as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // netbox gave up (or died): do not run CMD.
+            libc::_exit(125);
+        }
+        // Rust ignores SIGPIPE and netbox blocks the forwarded signals: CMD gets the defaults.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        let empty = SigSet::empty();
+        libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
+        let mut argv: Vec<*const libc::c_char> = exec.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = exec.envp.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        libc::execve(exec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        report(p.report, STAGE_EXEC, io::Error::last_os_error());
+        libc::_exit(127);
+    }
+}
+
+/// Writes a failed stage and its errno on the report pipe.
+fn report(fd: RawFd, stage: u8, e: io::Error) {
+    let errno = e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes();
+    let buf = [stage, errno[0], errno[1], errno[2], errno[3]];
+    // SAFETY: writing a valid buffer to an fd we own.
+    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
 }
 
 /// Runs in the child between fork and exec. Returns an error after writing the failed stage's
 /// number on the report pipe.
 fn child_setup(p: &Prepared) -> io::Result<()> {
     let fail = |stage: u8, e: io::Error| -> io::Error {
-        // SAFETY: writing one byte from a valid buffer to an fd we own.
-        unsafe { libc::write(p.report, (&stage as *const u8).cast(), 1) };
-        e
+        let copy = io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO));
+        report(p.report, stage, e);
+        copy
     };
     let check = |stage: u8, rc: libc::c_int| -> io::Result<()> {
         if rc < 0 {
@@ -449,9 +604,6 @@ fn child_setup(p: &Prepared) -> io::Result<()> {
         if p.rootless.is_none() {
             drop_privileges(p).map_err(|e| fail(8, e))?;
         }
-        // std clears the mask before this closure runs; make sure regardless.
-        let empty = SigSet::empty();
-        libc::sigprocmask(libc::SIG_SETMASK, empty.as_ref(), std::ptr::null_mut());
     }
     Ok(())
 }
@@ -497,6 +649,31 @@ fn drop_privileges(p: &Prepared) -> io::Result<()> {
         caps::drop(None, CapSet::Permitted, *cap).map_err(to_io)?;
     }
     Ok(())
+}
+
+/// The program's path: as given when it holds a '/', else the first executable in PATH (the
+/// sandbox's PATH when the caller sets one). Unresolved names are left for exec to report.
+fn resolve_program(program: &OsString, env: &[(OsString, OsString)]) -> OsString {
+    use std::os::unix::ffi::OsStrExt;
+    if program.as_bytes().contains(&b'/') || program.is_empty() {
+        return program.clone();
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && candidate.is_file()
+        {
+            return candidate.into_os_string();
+        }
+    }
+    program.clone()
 }
 
 /// Directories the scratch tmpfs may cover for a moment, first existing wins.

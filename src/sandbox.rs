@@ -91,19 +91,43 @@ pub fn run(spec: RunSpec) -> Result<i32> {
 }
 
 fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
+    let start = std::time::Instant::now();
+    let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
     let store = Store::open(&data_dir(network), &network.name)?;
     let owner = Owner::current_process()?;
-    let (ns, socket) = NetNs::create_with(Netlink::open_socket)?;
-    let socket = socket.map_err(crate::netlink::NetlinkError::Socket)?;
-    let attached = runtime()?.block_on(async {
+    // The namespace is made on another thread while this one checks the host and allocates.
+    let pending_ns = NetNs::spawn_create_with(Netlink::open_socket)?;
+    let wired = runtime()?.block_on(async {
         let host = Netlink::connect()?;
-        let sandbox = Netlink::from_socket(socket)?;
-        let bridge = host.link_by_name(&network.bridge).await?;
-        network.check_no_overlap(&host.routes().await?, bridge.map(|b| b.index))?;
+        let (mut bridge, routes) =
+            futures::try_join!(host.link_by_name(&network.bridge), host.routes())?;
+        if network
+            .check_no_overlap(&routes, bridge.as_ref().map(|b| b.index))
+            .is_err()
+            && bridge.is_none()
+        {
+            // A concurrent run may have made the bridge (and its subnet route) between the two
+            // answers: look again before calling its own route an overlap.
+            bridge = host.link_by_name(&network.bridge).await?;
+        }
+        network.check_no_overlap(&routes, bridge.as_ref().map(|b| b.index))?;
         if let Err(e) = store.reclaim_dead() {
             tracing::warn!(%e, "reclaiming leases of dead sandboxes failed");
         }
         let addresses = allocate(&store, network, &owner, &spec.ips)?;
+        phase("addresses allocated");
+        let bridge = attach::ensure_bridge(&host, network, bridge).await?;
+        let (ns, socket) = pending_ns.wait()?;
+        let sandbox = Netlink::from_socket(socket.map_err(crate::netlink::NetlinkError::Socket)?)?;
+        phase("namespace created");
+        // Fork now (one thread again): the child mounts its files and drops its privileges
+        // while this process wires the network; it execs CMD only on `start`.
+        let ips: Vec<IpAddr> = addresses.iter().map(|a| a.ip()).collect();
+        let child = process::prepare(&sandbox_spec(
+            spec,
+            NetSetup::Join(ns.try_clone_fd()?),
+            &ips,
+        ))?;
         let attach_spec = AttachSpec {
             host_ifname: attach::random_host_ifname(),
             ifname: spec.ifname.clone(),
@@ -113,23 +137,28 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
             mac: spec.mac,
             owner: format!("netbox:{}:pid{}", network.name, std::process::id()),
         };
-        match attach::attach(&host, &sandbox, &ns, network, &attach_spec).await {
-            Ok(a) => Ok(a),
-            Err(e) => {
-                let _ = store.release(&owner);
-                Err(e)
-            }
-        }
+        let attached: Attachment =
+            attach::attach_to_bridge(&host, &sandbox, &ns, network, &bridge, &attach_spec).await?;
+        Ok::<_, Error>((ns, child, attached))
     });
-    // The runtime and its sockets are gone here: only `ns` (and soon the child) hold the
-    // namespace, so it dies with the child.
-    let attached: Attachment = attached?;
-    let addrs: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
-    let result = exec(spec, NetSetup::Join(ns.try_clone_fd()?), &addrs);
+    // The runtime and its sockets are gone here: only `ns` and the child hold the namespace,
+    // and `ns` goes right after the start, so the namespace dies with CMD.
+    let (ns, child, _attached) = match wired {
+        Ok(w) => w,
+        Err(e) => {
+            // Dropping the pending child (inside `wired`) killed it; the namespace is gone.
+            let _ = store.release(&owner);
+            return Err(e);
+        }
+    };
+    phase("attached");
+    let result = start_and_wait(child);
     drop(ns);
+    phase("command ended");
     if let Err(e) = store.release(&owner) {
         tracing::warn!(%e, "releasing the lease failed; the next run reclaims it");
     }
+    phase("lease released");
     result
 }
 
@@ -163,17 +192,26 @@ fn allocate(
 }
 
 fn exec(spec: &RunSpec, net: NetSetup, addrs: &[IpAddr]) -> Result<i32> {
-    // A signal that came during set-up (blocked until now) means: do not start CMD at all.
+    start_and_wait(process::prepare(&sandbox_spec(spec, net, addrs))?)
+}
+
+/// Starts the prepared child unless a forwarded signal came during set-up (blocked until now):
+/// then CMD never starts and netbox ends as if it had been killed by that signal.
+fn start_and_wait(child: process::Pending) -> Result<i32> {
     if let Some(sig) = process::take_pending_signal() {
+        drop(child);
         return Ok(128 + sig as i32);
     }
+    Ok(child.start()?.wait()?)
+}
+
+fn sandbox_spec(spec: &RunSpec, net: NetSetup, addrs: &[IpAddr]) -> SandboxSpec {
     let resolv = dns::host_resolv_conf(&spec.dns);
     for warning in &resolv.warnings {
         eprintln!("netbox: warning: {warning}");
     }
     let hostname = spec.hostname.clone().unwrap_or_else(host_hostname);
-    let user = spec.user.clone().or_else(UserSpec::from_sudo_env);
-    let child = process::spawn(&SandboxSpec {
+    SandboxSpec {
         program: spec.program.clone(),
         args: spec.args.clone(),
         net,
@@ -183,9 +221,8 @@ fn exec(spec: &RunSpec, net: NetSetup, addrs: &[IpAddr]) -> Result<i32> {
         env: spec.env.clone(),
         cwd: spec.cwd.clone(),
         keep_caps: spec.keep_caps.clone(),
-        user,
-    })?;
-    Ok(child.wait()?)
+        user: spec.user.clone().or_else(UserSpec::from_sudo_env),
+    }
 }
 
 fn host_hostname() -> String {
