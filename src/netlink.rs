@@ -15,7 +15,8 @@ use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use netlink_packet_route::AddressFamily;
@@ -135,6 +136,18 @@ impl Netlink {
         let (conn, handle, _) = rtnetlink::from_socket(tokio_socket);
         tokio::spawn(conn);
         Ok(Netlink { handle })
+    }
+
+    /// Connects through a netlink socket received from elsewhere (a sandbox child that made
+    /// it inside its new namespace).
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Result<Netlink> {
+        // SAFETY: `fd` is an open netlink socket that we own and hand over.
+        let socket = unsafe {
+            <netlink_sys::Socket as std::os::fd::FromRawFd>::from_raw_fd(
+                std::os::fd::IntoRawFd::into_raw_fd(fd),
+            )
+        };
+        Self::from_socket(socket)
     }
 
     /// Connects inside `ns`; the socket is made on a short-lived thread that entered it.
@@ -499,6 +512,45 @@ impl Netlink {
             .chain(v6.iter())
             .filter_map(route_from_message)
             .collect())
+    }
+
+    /// Turns hairpin mode of a bridge port on or off (frames may leave by the port they came in,
+    /// so a container reaches itself through a service address).
+    pub async fn set_hairpin(&self, port: &Link, on: bool) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(port.index)
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )]))
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| request_error(format!("setting hairpin mode on \"{}\"", port.name), e))
+    }
+
+    /// Sets or clears IFF_PROMISC on a link.
+    pub async fn set_promiscuous(&self, link: &Link, on: bool) -> Result<()> {
+        let msg = LinkUnspec::new_with_index(link.index)
+            .promiscuous(on)
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| request_error(format!("setting promiscuous mode on \"{}\"", link.name), e))
+    }
+
+    /// Deletes a link by index (for a caller that looked it up itself). Idempotent.
+    pub async fn delete_link_index(&self, index: u32, name: &str) -> Result<()> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(request_error(format!("deleting \"{name}\""), e)),
+        }
     }
 
     /// Deletes a link by name. Idempotent: an absent link is success. Deleting either end of a

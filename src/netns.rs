@@ -98,29 +98,19 @@ impl NetNs {
         })
     }
 
-    /// Like [`NetNs::create_with`], but returns at once: the namespace is made on a fresh
-    /// thread while the caller goes on (creating one costs about half a millisecond).
-    pub fn spawn_create_with<T, F>(init: F) -> Result<PendingNetNs<T>>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let handle = std::thread::Builder::new()
-            .name("netbox-netns".into())
-            .spawn(move || {
-                unshare(CloneFlags::CLONE_NEWNET).map_err(NetnsError::Create)?;
-                let ns = NetNs::open(Path::new("/proc/thread-self/ns/net"))?;
-                let value = init();
-                Ok((
-                    NetNs {
-                        fd: ns.fd,
-                        path: None,
-                    },
-                    value,
-                ))
-            })
-            .map_err(|e| NetnsError::Thread(e.to_string()))?;
-        Ok(PendingNetNs(handle))
+    /// Takes over a handle received from elsewhere (another process), checking it is one.
+    pub fn from_fd(fd: OwnedFd) -> Result<NetNs> {
+        let st = nix::sys::statfs::fstatfs(&fd).map_err(|e| NetnsError::Open {
+            path: PathBuf::from("(received handle)"),
+            source: e.into(),
+        })?;
+        if st.filesystem_type().0 as u64 != 0x6e73_6673 {
+            return Err(NetnsError::Open {
+                path: PathBuf::from("(received handle)"),
+                source: io::Error::other("not a network namespace file"),
+            });
+        }
+        Ok(NetNs { fd, path: None })
     }
 
     /// The namespace of the calling thread.
@@ -391,19 +381,6 @@ fn prepare_run_dir() -> Result<()> {
 
 /// Runs `f` on a new thread that ends when `f` returns, so a namespace switch made inside can
 /// never leak into other work.
-/// A namespace being created by [`NetNs::spawn_create_with`].
-#[derive(Debug)]
-pub struct PendingNetNs<T>(std::thread::JoinHandle<Result<(NetNs, T)>>);
-
-impl<T> PendingNetNs<T> {
-    /// Waits for the namespace (and the thread that made it: none is left behind).
-    pub fn wait(self) -> Result<(NetNs, T)> {
-        self.0
-            .join()
-            .map_err(|_| NetnsError::Thread("panicked".into()))?
-    }
-}
-
 fn on_fresh_thread<T, F>(f: F) -> Result<T>
 where
     F: FnOnce() -> Result<T> + Send,

@@ -70,8 +70,11 @@ type Result<T, E = ProcessError> = std::result::Result<T, E>;
 /// How the child gets its network namespace.
 #[derive(Debug)]
 pub enum NetSetup {
-    /// Join an existing namespace (netbox created and wired it).
+    /// Join an existing namespace.
     Join(OwnedFd),
+    /// The child creates a network namespace and hands it back ([`Pending::take_network`]) to
+    /// be wired before the start: the namespace lives exactly as long as CMD.
+    New,
     /// Create user + network namespaces in the child: loopback only, no privileges needed.
     NewRootless,
 }
@@ -173,10 +176,6 @@ pub struct SandboxSpec {
     pub args: Vec<OsString>,
     pub net: NetSetup,
     pub hostname: Option<String>,
-    /// Content of the sandbox's private /etc/resolv.conf (None: the host's file shows through).
-    pub resolv_conf: Option<Vec<u8>>,
-    /// Content of the sandbox's private /etc/hosts.
-    pub hosts: Option<Vec<u8>>,
     pub env: Vec<(OsString, OsString)>,
     pub cwd: Option<PathBuf>,
     /// Capabilities CMD keeps although netbox drops them by default.
@@ -241,7 +240,7 @@ pub struct Sandboxed {
 }
 
 /// Why the child stopped before exec: the stage it reports on its error pipe.
-const STAGES: [&str; 11] = [
+const STAGES: [&str; 12] = [
     "arming PDEATHSIG",
     "joining the network namespace",
     "creating user and network namespaces",
@@ -253,35 +252,81 @@ const STAGES: [&str; 11] = [
     "switching user or dropping capabilities",
     "changing to the working directory",
     "executing the command",
+    "creating the network namespace",
 ];
+const STAGE_FILES: u8 = 6;
+const STAGE_CWD: u8 = 9;
+const STAGE_EXEC: u8 = 10;
+const STAGE_NEW_NET: u8 = 11;
+
+/// Private copies the sandbox gets of the host's files. They are sent at start, when the
+/// sandbox's addresses are known.
+#[derive(Debug, Clone, Default)]
+pub struct PrivateFiles {
+    /// Content of /etc/resolv.conf (None: the host's file shows through).
+    pub resolv_conf: Option<Vec<u8>>,
+    /// Content of /etc/hosts.
+    pub hosts: Option<Vec<u8>>,
+}
+
+impl PrivateFiles {
+    /// The start message: per file, a length (u32::MAX when absent) and the bytes.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for file in [&self.resolv_conf, &self.hosts] {
+            match file {
+                Some(bytes) => {
+                    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    out.extend_from_slice(bytes);
+                }
+                None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+            }
+        }
+        out
+    }
+}
+
+/// Largest start message the child accepts.
+const MAX_START_MESSAGE: usize = 1 << 20;
 
 /// Everything the child uses, prepared before the fork.
 struct Prepared {
     parent: libc::pid_t,
-    net_fd: Option<RawFd>,
-    rootless: Option<(CString, CString)>,
-    /// Private files: (source in the scratch tmpfs, target, content).
-    files: Vec<(CString, CString, Vec<u8>)>,
+    net: ChildNet,
+    /// For each of resolv.conf and hosts: (source in the scratch tmpfs, target), when the host
+    /// has the target file.
+    targets: [Option<(CString, CString)>; 2],
     /// An existing directory the scratch tmpfs is mounted on for a moment.
     scratch: CString,
     hostname: Option<Vec<u8>>,
     user: Option<UserSpec>,
     keep_caps: Vec<Capability>,
+    /// Stage failures go here (the parent reads it after the start).
     report: RawFd,
+    /// The child's end of the control socket: network handles out, start message in.
+    chan: RawFd,
 }
 
-/// Starts CMD in its sandbox.
-pub fn spawn(spec: &SandboxSpec) -> Result<Sandboxed> {
-    prepare(spec)?.start()
+enum ChildNet {
+    Join(RawFd),
+    New,
+    Rootless { uid_map: CString, gid_map: CString },
 }
 
-/// A child forked and set up (namespaces joined, files mounted, privileges dropped) that waits
-/// for [`Pending::start`] before it execs CMD. Forking early lets the child's set-up run while
-/// the parent still wires the network. Dropping it without starting kills the child.
+/// Starts CMD in its sandbox with its private files.
+pub fn spawn(spec: &SandboxSpec, files: &PrivateFiles) -> Result<Sandboxed> {
+    prepare(spec)?.start(files)
+}
+
+/// A child forked and set up (namespaces made or joined, privileges still held) that waits for
+/// [`Pending::start`] before it mounts its private files, drops privileges and execs CMD.
+/// Forking first lets the child's set-up (creating a network namespace costs about half a
+/// millisecond) run while the parent checks the host and wires the network. Dropping it
+/// without starting kills the child.
 #[derive(Debug)]
 pub struct Pending {
     pid: Pid,
-    go: Option<OwnedFd>,
+    chan: Option<OwnedFd>,
     report: OwnedFd,
     program: String,
 }
@@ -294,65 +339,68 @@ struct ExecSpec {
     cwd: Option<CString>,
 }
 
-/// Forks the child and lets it set up its sandbox; it execs CMD on [`Pending::start`].
-/// Call it while the process has a single thread (the child may allocate before exec).
+/// Forks the child, which sets up its sandbox and waits for [`Pending::start`]. Call it while
+/// the process has a single thread (the child allocates before exec).
 pub fn prepare(spec: &SandboxSpec) -> Result<Pending> {
     let program = spec.program.to_string_lossy().into_owned();
-    let pipe = |what: &'static str| {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|source| ProcessError::Sys { what, source })
-    };
-    let (report_rx, report_tx) = pipe("creating the set-up report pipe")?;
-    let (go_rx, go_tx) = pipe("creating the start pipe")?;
-    let rootless = match &spec.net {
+    let (report_rx, report_tx) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| ProcessError::Sys {
+            what: "creating the set-up report pipe",
+            source,
+        })?;
+    let (chan_parent, chan_child) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|source| ProcessError::Sys {
+        what: "creating the control socket",
+        source,
+    })?;
+    let net = match &spec.net {
+        NetSetup::Join(fd) => ChildNet::Join(fd.as_raw_fd()),
+        NetSetup::New => ChildNet::New,
         NetSetup::NewRootless => {
             let uid = nix::unistd::getuid().as_raw();
             let gid = nix::unistd::getgid().as_raw();
             // Identity maps: CMD sees its own ids and, not being uid 0, loses every capability
             // at exec.
-            Some((
-                cstr("uid map", format!("{uid} {uid} 1").as_bytes())?,
-                cstr("gid map", format!("{gid} {gid} 1").as_bytes())?,
-            ))
+            ChildNet::Rootless {
+                uid_map: cstr("uid map", format!("{uid} {uid} 1").as_bytes())?,
+                gid_map: cstr("gid map", format!("{gid} {gid} 1").as_bytes())?,
+            }
         }
-        NetSetup::Join(_) => None,
     };
     let scratch_dir = SCRATCH_DIRS
         .iter()
         .find(|d| std::path::Path::new(d).is_dir())
         .copied()
         .unwrap_or("/tmp");
-    let mut files = Vec::new();
-    for (target, content) in [
-        ("/etc/resolv.conf", &spec.resolv_conf),
-        ("/etc/hosts", &spec.hosts),
-    ] {
-        if let (Some(content), true) = (content, std::path::Path::new(target).exists()) {
-            let name = target.rsplit('/').next().unwrap_or("file");
-            files.push((
-                cstr("path", format!("{scratch_dir}/{name}").as_bytes())?,
-                cstr("path", target.as_bytes())?,
-                content.clone(),
-            ));
+    let target = |path: &str| -> Result<Option<(CString, CString)>> {
+        if !std::path::Path::new(path).exists() {
+            return Ok(None);
         }
-    }
+        let name = path.rsplit('/').next().unwrap_or("file");
+        Ok(Some((
+            cstr("path", format!("{scratch_dir}/{name}").as_bytes())?,
+            cstr("path", path.as_bytes())?,
+        )))
+    };
     let prepared = Prepared {
         parent: nix::unistd::getpid().as_raw(),
-        net_fd: match &spec.net {
-            NetSetup::Join(fd) => Some(fd.as_raw_fd()),
-            NetSetup::NewRootless => None,
-        },
-        rootless,
-        files,
+        net,
+        targets: [target("/etc/resolv.conf")?, target("/etc/hosts")?],
         scratch: cstr("path", scratch_dir.as_bytes())?,
         hostname: spec.hostname.as_ref().map(|h| h.as_bytes().to_vec()),
         user: spec.user.clone(),
         keep_caps: spec.keep_caps.clone(),
         report: report_tx.as_raw_fd(),
+        chan: chan_child.as_raw_fd(),
     };
     let exec = exec_spec(spec)?;
     // SAFETY: fork in a process with one thread; the child only runs `child_main`, which ends
-    // in exec or _exit and never returns into Rust code that assumes the parent's state.
+    // in exec or _exit and never returns into code that assumes the parent's state.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(ProcessError::Sys {
@@ -361,13 +409,16 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Pending> {
         });
     }
     if pid == 0 {
-        child_main(&prepared, &exec, go_rx.as_raw_fd(), go_tx.as_raw_fd());
+        // Only the parent may hold its end: its close is how it says "never start".
+        drop(chan_parent);
+        drop(report_rx);
+        child_main(&prepared, &exec);
     }
     drop(report_tx);
-    drop(go_rx);
+    drop(chan_child);
     Ok(Pending {
         pid: Pid::from_raw(pid),
-        go: Some(go_tx),
+        chan: Some(chan_parent),
         report: report_rx,
         program,
     })
@@ -378,12 +429,79 @@ impl Pending {
         self.pid.as_raw() as u32
     }
 
-    /// Lets the child exec CMD; reports set-up or exec failures.
-    pub fn start(mut self) -> Result<Sandboxed> {
-        if let Some(go) = self.go.take() {
-            // EPIPE here means the child failed its set-up: the report says why.
-            let _ = nix::unistd::write(&go, &[1]);
+    /// For [`NetSetup::New`]: waits for the child's new network namespace and returns a handle
+    /// on it and a netlink socket opened inside it, so that the parent configures it without
+    /// ever entering it.
+    pub fn take_network(&mut self) -> Result<(OwnedFd, OwnedFd)> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let Some(chan) = &self.chan else {
+            return Err(self.setup_failure());
+        };
+        let mut byte = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+        let mut space = nix::cmsg_space!([RawFd; 2]);
+        let msg = loop {
+            match recvmsg::<()>(
+                chan.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Err(nix::Error::EINTR) => continue,
+                other => break other,
+            }
+        };
+        let fds: Vec<RawFd> = match msg {
+            Ok(msg) => msg
+                .cmsgs()
+                .map(|cmsgs| {
+                    cmsgs
+                        .filter_map(|c| match c {
+                            ControlMessageOwned::ScmRights(fds) => Some(fds),
+                            _ => None,
+                        })
+                        .flatten()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Err(_) => vec![],
+        };
+        // SAFETY: the kernel just installed these descriptors for us; we own them from here.
+        let mut owned: Vec<OwnedFd> = fds
+            .into_iter()
+            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+            .collect();
+        if owned.len() != 2 {
+            // The child failed before handing them over: its report says why.
+            return Err(self.setup_failure());
         }
+        let socket = owned.pop();
+        let ns = owned.pop();
+        match (ns, socket) {
+            (Some(ns), Some(socket)) => Ok((ns, socket)),
+            _ => Err(self.setup_failure()),
+        }
+    }
+
+    /// Sends the private files; the child mounts them, drops its privileges and execs CMD.
+    pub fn start(mut self, files: &PrivateFiles) -> Result<Sandboxed> {
+        if let Some(chan) = self.chan.take() {
+            // An error here means the child failed its set-up: the report says why.
+            let _ = nix::sys::socket::send(
+                chan.as_raw_fd(),
+                &files.encode(),
+                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            );
+            // Closing our end after the message is fine: SEQPACKET keeps it for the child.
+        }
+        match self.read_report() {
+            None => Ok(Sandboxed { pid: self.pid }),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// The child's report, once it has exec'd (None) or failed (the error).
+    fn read_report(&mut self) -> Option<ProcessError> {
         let mut buf = [0u8; 5];
         let mut got = 0;
         while got < buf.len() {
@@ -396,13 +514,14 @@ impl Pending {
         }
         if got == 0 {
             // The report pipe closed on exec: CMD runs.
-            return Ok(Sandboxed { pid: self.pid });
+            return None;
         }
         let _ = waitpid(self.pid, None);
+        self.chan = None;
         let errno = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
         let source = io::Error::from_raw_os_error(errno);
         let program = std::mem::take(&mut self.program);
-        Err(match STAGES.get(usize::from(buf[0])) {
+        Some(match STAGES.get(usize::from(buf[0])) {
             Some(stage) if got == buf.len() && buf[0] != STAGE_EXEC => ProcessError::Setup {
                 program,
                 stage,
@@ -411,13 +530,24 @@ impl Pending {
             _ => ProcessError::Exec { program, source },
         })
     }
+
+    /// The error of a child that stopped during set-up.
+    fn setup_failure(&mut self) -> ProcessError {
+        // Close our end so that a child still waiting gives up, then read why it stopped.
+        self.chan = None;
+        self.read_report().unwrap_or(ProcessError::Setup {
+            program: self.program.clone(),
+            stage: STAGES[STAGE_NEW_NET as usize],
+            source: io::Error::other("the sandbox process ended early"),
+        })
+    }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(go) = self.go.take() {
-            // The child reads EOF instead of the start byte and exits.
-            drop(go);
+        if let Some(chan) = self.chan.take() {
+            // The child reads EOF instead of the start message and exits.
+            drop(chan);
             let _ = waitpid(self.pid, None);
         }
     }
@@ -480,36 +610,53 @@ fn exec_spec(spec: &SandboxSpec) -> Result<ExecSpec> {
     })
 }
 
-/// Index of the "changing directory" and "exec" stages on the report pipe.
-const STAGE_CWD: u8 = 9;
-const STAGE_EXEC: u8 = 10;
-
-/// The child: set up, wait for the start byte, exec. Never returns.
-fn child_main(p: &Prepared, exec: &ExecSpec, go: RawFd, go_writer: RawFd) -> ! {
-    // SAFETY: plain syscalls on buffers prepared before the fork.
+/// The child: set up, wait for the start message, mount the files, drop privileges, exec.
+/// Never returns.
+fn child_main(p: &Prepared, exec: &ExecSpec) -> ! {
+    // SAFETY: plain syscalls on buffers prepared before the fork or owned here.
     unsafe {
-        // Only the parent may hold the writing end: its close is how it says "never start".
-        libc::close(go_writer);
         if child_setup(p).is_err() {
             libc::_exit(125);
+        }
+        let mut msg = vec![0u8; MAX_START_MESSAGE];
+        let n = loop {
+            let n = libc::recv(p.chan, msg.as_mut_ptr().cast(), msg.len(), 0);
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break n;
+        };
+        if n <= 0 {
+            // netbox gave up (or died): do not run CMD.
+            libc::_exit(125);
+        }
+        let contents = decode_start(&msg[..n as usize]);
+        let files: Vec<(&CString, &CString, &[u8])> = p
+            .targets
+            .iter()
+            .zip(contents)
+            .filter_map(|(target, content)| match (target, content) {
+                (Some((source, target)), Some(content)) => Some((source, target, content)),
+                _ => None,
+            })
+            .collect();
+        if !files.is_empty() {
+            if let Err(e) = mount_private_files(&p.scratch, &files) {
+                report(p.report, STAGE_FILES, e);
+                libc::_exit(125);
+            }
+        }
+        if !matches!(p.net, ChildNet::Rootless { .. }) {
+            if let Err(e) = drop_privileges(p) {
+                report(p.report, 8, e);
+                libc::_exit(125);
+            }
         }
         if let Some(cwd) = &exec.cwd {
             if libc::chdir(cwd.as_ptr()) < 0 {
                 report(p.report, STAGE_CWD, io::Error::last_os_error());
                 libc::_exit(125);
             }
-        }
-        let mut byte = 0u8;
-        loop {
-            let n = libc::read(go, (&mut byte as *mut u8).cast(), 1);
-            if n == 1 {
-                break;
-            }
-            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // netbox gave up (or died): do not run CMD.
-            libc::_exit(125);
         }
         // Rust ignores SIGPIPE and netbox blocks the forwarded signals: CMD gets the defaults.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -522,6 +669,67 @@ fn child_main(p: &Prepared, exec: &ExecSpec, go: RawFd, go_writer: RawFd) -> ! {
         libc::execve(exec.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
         report(p.report, STAGE_EXEC, io::Error::last_os_error());
         libc::_exit(127);
+    }
+}
+
+/// Reads the start message written by [`PrivateFiles::encode`]; malformed parts count as absent.
+fn decode_start(mut msg: &[u8]) -> [Option<&[u8]>; 2] {
+    let mut out = [None, None];
+    for slot in &mut out {
+        let Some((len, rest)) = msg.split_first_chunk::<4>() else {
+            break;
+        };
+        let len = u32::from_le_bytes(*len);
+        if len == u32::MAX {
+            msg = rest;
+            continue;
+        }
+        let len = len as usize;
+        if len > rest.len() {
+            break;
+        }
+        *slot = Some(&rest[..len]);
+        msg = &rest[len..];
+    }
+    out
+}
+
+/// Sends the new namespace and a netlink socket inside it to the parent.
+fn send_network(chan: RawFd) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    // SAFETY: plain syscalls; the descriptors are closed here once sent (the message holds its
+    // own references).
+    unsafe {
+        let sock = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ns = libc::open(
+            c"/proc/self/ns/net".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if ns < 0 {
+            let e = io::Error::last_os_error();
+            libc::close(sock);
+            return Err(e);
+        }
+        let fds = [ns, sock];
+        let byte = [0u8; 1];
+        let iov = [std::io::IoSlice::new(&byte)];
+        let sent = sendmsg::<()>(
+            chan,
+            &iov,
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        libc::close(ns);
+        libc::close(sock);
+        sent.map(|_| ()).map_err(io::Error::from)
     }
 }
 
@@ -562,18 +770,31 @@ fn child_setup(p: &Prepared) -> io::Result<()> {
         if p.hostname.is_some() {
             flags |= libc::CLONE_NEWUTS;
         }
-        if let Some(fd) = p.net_fd {
-            check(1, libc::setns(fd, libc::CLONE_NEWNET))?;
-            check(5, libc::unshare(flags))?;
-        } else if let Some((uid_map, gid_map)) = &p.rootless {
-            check(
-                2,
-                libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | flags),
-            )?;
-            write_file(c"/proc/self/setgroups", b"deny").map_err(|e| fail(3, e))?;
-            write_file(c"/proc/self/uid_map", uid_map.as_bytes()).map_err(|e| fail(3, e))?;
-            write_file(c"/proc/self/gid_map", gid_map.as_bytes()).map_err(|e| fail(3, e))?;
-            loopback_up().map_err(|e| fail(4, e))?;
+        match &p.net {
+            ChildNet::Join(fd) => {
+                check(1, libc::setns(*fd, libc::CLONE_NEWNET))?;
+                check(5, libc::unshare(flags))?;
+            }
+            ChildNet::New => {
+                check(STAGE_NEW_NET, libc::unshare(libc::CLONE_NEWNET | flags))?;
+                match send_network(p.chan) {
+                    // The parent already sent the start message and closed its end: it did not
+                    // want the handles (loopback-only sandboxes).
+                    Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                    other => other.map_err(|e| fail(STAGE_NEW_NET, e))?,
+                }
+                loopback_up().map_err(|e| fail(4, e))?;
+            }
+            ChildNet::Rootless { uid_map, gid_map } => {
+                check(
+                    2,
+                    libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET | flags),
+                )?;
+                write_file(c"/proc/self/setgroups", b"deny").map_err(|e| fail(3, e))?;
+                write_file(c"/proc/self/uid_map", uid_map.as_bytes()).map_err(|e| fail(3, e))?;
+                write_file(c"/proc/self/gid_map", gid_map.as_bytes()).map_err(|e| fail(3, e))?;
+                loopback_up().map_err(|e| fail(4, e))?;
+            }
         }
         // Our mounts must not propagate back to the host; the host's still reach us.
         check(
@@ -586,9 +807,6 @@ fn child_setup(p: &Prepared) -> io::Result<()> {
                 std::ptr::null(),
             ),
         )?;
-        if !p.files.is_empty() {
-            mount_private_files(&p.scratch, &p.files).map_err(|e| fail(6, e))?;
-        }
         // /sys/class/net should list this namespace's links, as under `ip netns exec`. Best
         // effort: a /sys that cannot be replaced only shows the host's names.
         libc::mount(
@@ -600,9 +818,6 @@ fn child_setup(p: &Prepared) -> io::Result<()> {
         );
         if let Some(name) = &p.hostname {
             check(7, libc::sethostname(name.as_ptr().cast(), name.len()))?;
-        }
-        if p.rootless.is_none() {
-            drop_privileges(p).map_err(|e| fail(8, e))?;
         }
     }
     Ok(())
@@ -683,7 +898,7 @@ const SCRATCH_DIRS: [&str; 4] = ["/tmp", "/dev/shm", "/run", "/mnt"];
 /// tmpfs mounted on `scratch` in the sandbox's own mount namespace (a bind source must belong
 /// to it, and must have a name: O_TMPFILE files cannot be bind-mounted), which is detached
 /// again right away: the bind mounts keep the files alive, and nothing remains on any disk.
-fn mount_private_files(scratch: &CString, files: &[(CString, CString, Vec<u8>)]) -> io::Result<()> {
+fn mount_private_files(scratch: &CString, files: &[(&CString, &CString, &[u8])]) -> io::Result<()> {
     let last_error = || Err(io::Error::last_os_error());
     // SAFETY: plain syscalls on valid, NUL-terminated buffers.
     unsafe {

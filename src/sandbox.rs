@@ -19,7 +19,7 @@ use crate::ipam::{Owner, Store};
 use crate::netlink::Netlink;
 use crate::netns::NetNs;
 use crate::network::{self, NetworkSpec};
-use crate::process::{self, NetSetup, SandboxSpec, UserSpec};
+use crate::process::{self, NetSetup, PrivateFiles, SandboxSpec, UserSpec};
 use crate::{Error, Result};
 
 /// How the sandbox is networked.
@@ -65,17 +65,9 @@ pub fn privileged() -> bool {
 pub fn run(spec: RunSpec) -> Result<i32> {
     process::block_forwarded_signals()?;
     match &spec.net {
-        NetMode::None if !privileged() => exec(&spec, NetSetup::NewRootless, &[]),
-        NetMode::None => {
-            let (ns, socket) = NetNs::create_with(Netlink::open_socket)?;
-            let socket = socket.map_err(crate::netlink::NetlinkError::Socket)?;
-            runtime()?.block_on(async {
-                let sandbox = Netlink::from_socket(socket)?;
-                sandbox.loopback_up().await?;
-                Ok::<_, Error>(())
-            })?;
-            exec(&spec, NetSetup::Join(ns.try_clone_fd()?), &[])
-        }
+        NetMode::None if !privileged() => exec(&spec, NetSetup::NewRootless),
+        // The child makes its namespace and brings loopback up itself.
+        NetMode::None => exec(&spec, NetSetup::New),
         NetMode::Bridge { network, subnet } => {
             if !privileged() {
                 return Err(Error::Config(
@@ -93,10 +85,11 @@ pub fn run(spec: RunSpec) -> Result<i32> {
 fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     let start = std::time::Instant::now();
     let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
+    // Fork first: the child creates the namespace (about half a millisecond in the kernel)
+    // while this process checks the host and allocates addresses.
+    let mut child = process::prepare(&sandbox_spec(spec, NetSetup::New))?;
     let store = Store::open(&data_dir(network), &network.name)?;
     let owner = Owner::current_process()?;
-    // The namespace is made on another thread while this one checks the host and allocates.
-    let pending_ns = NetNs::spawn_create_with(Netlink::open_socket)?;
     let wired = runtime()?.block_on(async {
         let host = Netlink::connect()?;
         let (mut bridge, routes) =
@@ -117,17 +110,10 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
         let addresses = allocate(&store, network, &owner, &spec.ips)?;
         phase("addresses allocated");
         let bridge = attach::ensure_bridge(&host, network, bridge).await?;
-        let (ns, socket) = pending_ns.wait()?;
-        let sandbox = Netlink::from_socket(socket.map_err(crate::netlink::NetlinkError::Socket)?)?;
-        phase("namespace created");
-        // Fork now (one thread again): the child mounts its files and drops its privileges
-        // while this process wires the network; it execs CMD only on `start`.
-        let ips: Vec<IpAddr> = addresses.iter().map(|a| a.ip()).collect();
-        let child = process::prepare(&sandbox_spec(
-            spec,
-            NetSetup::Join(ns.try_clone_fd()?),
-            &ips,
-        ))?;
+        let (ns, socket) = child.take_network()?;
+        let ns = NetNs::from_fd(ns)?;
+        let sandbox = Netlink::from_fd(socket)?;
+        phase("namespace received");
         let attach_spec = AttachSpec {
             host_ifname: attach::random_host_ifname(),
             ifname: spec.ifname.clone(),
@@ -139,21 +125,21 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
         };
         let attached: Attachment =
             attach::attach_to_bridge(&host, &sandbox, &ns, network, &bridge, &attach_spec).await?;
-        Ok::<_, Error>((ns, child, attached))
+        Ok::<_, Error>(attached)
     });
-    // The runtime and its sockets are gone here: only `ns` and the child hold the namespace,
-    // and `ns` goes right after the start, so the namespace dies with CMD.
-    let (ns, child, _attached) = match wired {
-        Ok(w) => w,
+    // The runtime and its sockets are gone here: only the child holds the namespace, which
+    // dies with CMD and takes the veth with it.
+    let attached = match wired {
+        Ok(a) => a,
         Err(e) => {
-            // Dropping the pending child (inside `wired`) killed it; the namespace is gone.
+            drop(child); // kills the waiting child, and with it the namespace
             let _ = store.release(&owner);
             return Err(e);
         }
     };
     phase("attached");
-    let result = start_and_wait(child);
-    drop(ns);
+    let ips: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
+    let result = start_and_wait(child, &private_files(spec, &ips));
     phase("command ended");
     if let Err(e) = store.release(&owner) {
         tracing::warn!(%e, "releasing the lease failed; the next run reclaims it");
@@ -191,37 +177,44 @@ fn allocate(
     Ok(leases.into_iter().map(|a| a.address).collect())
 }
 
-fn exec(spec: &RunSpec, net: NetSetup, addrs: &[IpAddr]) -> Result<i32> {
-    start_and_wait(process::prepare(&sandbox_spec(spec, net, addrs))?)
+fn exec(spec: &RunSpec, net: NetSetup) -> Result<i32> {
+    let child = process::prepare(&sandbox_spec(spec, net))?;
+    start_and_wait(child, &private_files(spec, &[]))
 }
 
 /// Starts the prepared child unless a forwarded signal came during set-up (blocked until now):
 /// then CMD never starts and netbox ends as if it had been killed by that signal.
-fn start_and_wait(child: process::Pending) -> Result<i32> {
+fn start_and_wait(child: process::Pending, files: &PrivateFiles) -> Result<i32> {
     if let Some(sig) = process::take_pending_signal() {
         drop(child);
         return Ok(128 + sig as i32);
     }
-    Ok(child.start()?.wait()?)
+    Ok(child.start(files)?.wait()?)
 }
 
-fn sandbox_spec(spec: &RunSpec, net: NetSetup, addrs: &[IpAddr]) -> SandboxSpec {
-    let resolv = dns::host_resolv_conf(&spec.dns);
-    for warning in &resolv.warnings {
-        eprintln!("netbox: warning: {warning}");
-    }
-    let hostname = spec.hostname.clone().unwrap_or_else(host_hostname);
+fn sandbox_spec(spec: &RunSpec, net: NetSetup) -> SandboxSpec {
     SandboxSpec {
         program: spec.program.clone(),
         args: spec.args.clone(),
         net,
         hostname: spec.hostname.clone(),
-        resolv_conf: Some(resolv.content.into_bytes()),
-        hosts: Some(dns::hosts(&hostname, addrs).into_bytes()),
         env: spec.env.clone(),
         cwd: spec.cwd.clone(),
         keep_caps: spec.keep_caps.clone(),
         user: spec.user.clone().or_else(UserSpec::from_sudo_env),
+    }
+}
+
+/// The sandbox's resolv.conf and hosts (naming it on its addresses).
+fn private_files(spec: &RunSpec, addrs: &[IpAddr]) -> PrivateFiles {
+    let resolv = dns::host_resolv_conf(&spec.dns);
+    for warning in &resolv.warnings {
+        eprintln!("netbox: warning: {warning}");
+    }
+    let hostname = spec.hostname.clone().unwrap_or_else(host_hostname);
+    PrivateFiles {
+        resolv_conf: Some(resolv.content.into_bytes()),
+        hosts: Some(dns::hosts(&hostname, addrs).into_bytes()),
     }
 }
 
