@@ -525,3 +525,38 @@ fn unprivileged_users_get_net_none_and_a_clear_refusal_for_bridges() {
     assert!(!msg.contains("panicked"), "{msg}");
     assert!(!link_names().iter().any(|n| n == "netbox0"));
 }
+
+#[test]
+fn interactive_shell_works_on_a_terminal() {
+    if !private_host("run::interactive_shell_works_on_a_terminal") {
+        return;
+    }
+    // `script` gives netbox a pseudo-terminal, as a user's shell would.
+    let mut child = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} run -- bash -i", netbox_bin().display()),
+            "/dev/null",
+        ])
+        .env_remove("SUDO_UID")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start script (util-linux)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"echo answer=$((6*7)); tty; exit 5\n")
+        .expect("type");
+    let out = child.wait_with_output().expect("wait");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(5), "{text}{}", stderr(&out));
+    assert!(text.contains("answer=42"), "{text}");
+    assert!(
+        text.contains("/dev/pts/"),
+        "CMD's stdin is not the terminal: {text}"
+    );
+    assert!(!text.contains("no job control"), "{text}");
+}
