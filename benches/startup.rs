@@ -5,11 +5,11 @@
 //! Runs as root inside a private network + mount namespace, so the bridge and leases it makes
 //! never reach the real host. `cargo bench --bench startup [-- N]`.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use std::time::Duration;
+
+use common::{median, ms, p90, private_host, time_command as time};
 
 fn main() {
     let n: usize = std::env::args()
@@ -60,58 +60,4 @@ fn main() {
         "ratio netbox/unshare: {:.2} (target <= 2.0)",
         nb_med.as_secs_f64() / un_med.as_secs_f64()
     );
-}
-
-fn time(cmd: &[&str]) -> Duration {
-    let start = Instant::now();
-    let status = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .stdin(Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("{}: {e}", cmd.join(" ")));
-    let took = start.elapsed();
-    assert!(status.success(), "{} failed: {status}", cmd.join(" "));
-    took
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn p90(sorted: &[Duration]) -> Duration {
-    sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Moves this process into fresh network + mount namespaces with private netbox state.
-fn private_host() {
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare net+mount");
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .expect("make / private");
-    for dir in ["/run/netbox", "/var/lib/netbox"] {
-        std::fs::create_dir_all(dir).expect("mount point");
-        mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("private tmpfs");
-    }
-    let up = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .expect("ip");
-    assert!(up.success());
 }

@@ -13,17 +13,22 @@ use crate::harness::{eventually, ip_json, link_names, netbox, netbox_bin, privat
 /// inside sandboxes (no netcat on a fresh machine).
 const ROLE: &str = "NETBOX_TEST_ROLE";
 
-/// `netbox run ARGS -- CMD...` with its output captured.
-fn run(args: &[&str], cmd: &[&str]) -> Output {
-    netbox()
+/// `netbox run ARGS -- CMD...`, without stdin, CMD as the test's own user.
+fn run_command(args: &[&str], cmd: &[&str]) -> Command {
+    let mut command = netbox();
+    command
         .arg("run")
         .args(args)
         .arg("--")
         .args(cmd)
         .env_remove("SUDO_UID")
-        .stdin(Stdio::null())
-        .output()
-        .expect("start netbox")
+        .stdin(Stdio::null());
+    command
+}
+
+/// `netbox run ARGS -- CMD...` with its output captured.
+fn run(args: &[&str], cmd: &[&str]) -> Output {
+    run_command(args, cmd).output().expect("start netbox")
 }
 
 fn stdout(out: &Output) -> String {
@@ -54,13 +59,7 @@ fn host_veths() -> Vec<String> {
 
 /// A `netbox run` in the background whose CMD prints a line once it is ready.
 fn start(args: &[&str], cmd: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = netbox()
-        .arg("run")
-        .args(args)
-        .arg("--")
-        .args(cmd)
-        .env_remove("SUDO_UID")
-        .stdin(Stdio::null())
+    let mut child = run_command(args, cmd)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start netbox");

@@ -1,0 +1,73 @@
+//! What the benchmarks share: a private "host" to run in, and timing helpers. Benchmarks only
+//! compare figures taken side by side in one run (medians, ratios): the machines are shared.
+#![allow(dead_code)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+/// Moves this process into fresh network + mount namespaces with private netbox state (and
+/// /run/netns), so a benchmark's bridges, namespaces and leases never reach the real host.
+/// Call it first, while the process has one thread.
+pub fn private_host() {
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare net+mount");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("make / private");
+    for dir in [
+        "/run/netbox",
+        "/run/netns",
+        "/var/lib/netbox",
+        "/var/lib/cni",
+    ] {
+        std::fs::create_dir_all(dir).expect("mount point");
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("private tmpfs");
+    }
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip");
+    assert!(up.success(), "bringing lo up");
+}
+
+/// Runs a command to completion (stdin closed) and returns how long it took; panics if it fails.
+pub fn time_command(cmd: &[&str]) -> Duration {
+    let start = Instant::now();
+    let status = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("{}: {e}", cmd.join(" ")));
+    let took = start.elapsed();
+    assert!(status.success(), "{} failed: {status}", cmd.join(" "));
+    took
+}
+
+/// Median; sorts the samples.
+pub fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// 90th percentile of sorted samples.
+pub fn p90(sorted: &[Duration]) -> Duration {
+    sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
