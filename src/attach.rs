@@ -147,7 +147,14 @@ async fn configure_sandbox(
         }
     }
     for (dst, gw) in &spec.routes {
-        let gw = gw.or_else(|| crate::network::gateway_for(network, dst.ip()));
+        // A route without "gw" goes through the gateway of the sandbox's address of the same
+        // family, as with host-local's routes.
+        let gw = gw.or_else(|| {
+            spec.addresses
+                .iter()
+                .filter(|a| a.is_ipv4() == dst.is_ipv4())
+                .find_map(|a| crate::network::gateway_for(network, a.ip()))
+        });
         sandbox.add_route(&link, *dst, gw).await?;
     }
     // Its name, index and MAC are the ones looked up above; only its state changed.

@@ -559,3 +559,113 @@ fn interactive_shell_works_on_a_terminal() {
     );
     assert!(!text.contains("no job control"), "{text}");
 }
+
+#[test]
+fn network_names_a_cni_conflist() {
+    if !private_host("run::network_names_a_cni_conflist") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("10-web.conflist"),
+        serde_json::json!({
+            "cniVersion": "1.0.0", "name": "web",
+            "plugins": [{"type": "bridge", "bridge": "br-web", "isGateway": true,
+                         "isDefaultGateway": true, "mtu": 1400,
+                         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.42.0.0/24",
+                                  "rangeStart": "10.42.0.100", "rangeEnd": "10.42.0.120"}]],
+                                  "routes": [{"dst": "192.0.2.0/24"}]}},
+                        {"type": "portmap", "capabilities": {"portMappings": true}}]
+        })
+        .to_string(),
+    )
+    .expect("write conflist");
+    let out = run_command(
+        &["--network", "web"],
+        &["sh", "-c", "ip -j addr show eth0; echo ---; ip -j route"],
+    )
+    .env("NETBOX_CNI_CONF_DIR", dir.path())
+    .output()
+    .expect("netbox");
+    assert_ok(&out);
+    let text = stdout(&out);
+    let (addr, routes) = text.split_once("---\n").expect("two parts");
+    let addr: serde_json::Value = serde_json::from_str(addr).expect("addr json");
+    assert_eq!(addr[0]["mtu"], 1400, "{addr}");
+    let ip = addr[0]["addr_info"]
+        .as_array()
+        .expect("addr_info")
+        .iter()
+        .find(|a| a["family"] == "inet")
+        .and_then(|a| a["local"].as_str())
+        .expect("an IPv4 address")
+        .to_string();
+    let last: u8 = ip
+        .rsplit('.')
+        .next()
+        .and_then(|o| o.parse().ok())
+        .expect("octet");
+    assert!(
+        ip.starts_with("10.42.0.") && (100..=120).contains(&last),
+        "{ip}"
+    );
+    let routes: serde_json::Value = serde_json::from_str(routes).expect("route json");
+    let routes = routes.as_array().expect("routes");
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "10.42.0.1"),
+        "{routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "192.0.2.0/24" && r["gateway"] == "10.42.0.1"),
+        "{routes:?}"
+    );
+    assert!(link_names().iter().any(|n| n == "br-web"));
+    let unknown = run_command(&["--network", "nope"], &["true"])
+        .env("NETBOX_CNI_CONF_DIR", dir.path())
+        .output()
+        .expect("netbox");
+    assert_eq!(unknown.status.code(), Some(125));
+    assert!(
+        stderr(&unknown).contains("\"nope\""),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+#[test]
+fn loopback_stub_resolver_is_replaced_by_its_upstream_servers() {
+    if !private_host("run::loopback_stub_resolver_is_replaced_by_its_upstream_servers") {
+        return;
+    }
+    // Make this private host look like a systemd-resolved machine (mounts stay private).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stub = dir.path().join("stub-resolv.conf");
+    std::fs::write(
+        &stub,
+        "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n",
+    )
+    .expect("write stub");
+    sh(&format!(
+        "mount --bind {} /etc/resolv.conf && mount -t tmpfs tmpfs /run && \
+         mkdir -p /run/systemd/resolve && \
+         printf 'nameserver 192.0.2.1\\nnameserver 2001:db8::1\\n' > /run/systemd/resolve/resolv.conf",
+        stub.display()
+    ));
+    let out = run(&["--net", "none"], &["cat", "/etc/resolv.conf"]);
+    assert_ok(&out);
+    let text = stdout(&out);
+    assert!(text.contains("nameserver 192.0.2.1\n"), "{text}");
+    assert!(text.contains("nameserver 2001:db8::1\n"), "{text}");
+    assert!(!text.contains("127.0.0.53"), "{text}");
+    assert!(text.contains("search lan"), "{text}");
+    // Without an upstream list, netbox warns and says how to fix it.
+    sh("rm /run/systemd/resolve/resolv.conf");
+    let out = run(&["--net", "none"], &["cat", "/etc/resolv.conf"]);
+    assert_ok(&out);
+    assert!(!stdout(&out).contains("127.0.0.53"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("--dns"), "{}", stderr(&out));
+}
