@@ -669,3 +669,34 @@ fn loopback_stub_resolver_is_replaced_by_its_upstream_servers() {
     assert!(!stdout(&out).contains("127.0.0.53"), "{}", stdout(&out));
     assert!(stderr(&out).contains("--dns"), "{}", stderr(&out));
 }
+
+#[test]
+fn attach_failing_inside_the_sandbox_rolls_back_veth_and_lease() {
+    if !private_host("run::attach_failing_inside_the_sandbox_rolls_back_veth_and_lease") {
+        return;
+    }
+    // The route's gateway is on no connected network: the kernel refuses it after the veth,
+    // the address and the link state were already set.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("bad-route.conflist"),
+        serde_json::json!({
+            "cniVersion": "1.0.0", "name": "badroute",
+            "plugins": [{"type": "bridge", "bridge": "br-bad", "isGateway": true,
+                         "ipam": {"type": "host-local", "subnet": "10.43.0.0/24",
+                                  "routes": [{"dst": "192.0.2.0/24", "gw": "198.51.100.1"}]}}]
+        })
+        .to_string(),
+    )
+    .expect("write conflist");
+    let out = run_command(&["--network", "badroute"], &["true"])
+        .env("NETBOX_CNI_CONF_DIR", dir.path())
+        .output()
+        .expect("netbox");
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("192.0.2.0/24"), "{}", stderr(&out));
+    eventually("the veth to be rolled back", || host_veths().is_empty());
+    let store = netbox::ipam::Store::open(&netbox::ipam::store::default_data_dir(), "badroute")
+        .expect("store");
+    assert!(store.leases().expect("leases").is_empty());
+}
