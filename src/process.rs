@@ -176,6 +176,9 @@ pub struct SandboxSpec {
     pub args: Vec<OsString>,
     pub net: NetSetup,
     pub hostname: Option<String>,
+    /// Give the sandbox private /etc/resolv.conf and /etc/hosts, whose content is sent with
+    /// [`Pending::start`].
+    pub private_files: bool,
     pub env: Vec<(OsString, OsString)>,
     pub cwd: Option<PathBuf>,
     /// Capabilities CMD keeps although netbox drops them by default.
@@ -240,7 +243,7 @@ pub struct Sandboxed {
 }
 
 /// Why the child stopped before exec: the stage it reports on its error pipe.
-const STAGES: [&str; 12] = [
+const STAGES: [&str; 13] = [
     "arming PDEATHSIG",
     "joining the network namespace",
     "creating user and network namespaces",
@@ -253,34 +256,29 @@ const STAGES: [&str; 12] = [
     "changing to the working directory",
     "executing the command",
     "creating the network namespace",
+    "waiting for the start",
 ];
 const STAGE_FILES: u8 = 6;
 const STAGE_CWD: u8 = 9;
 const STAGE_EXEC: u8 = 10;
 const STAGE_NEW_NET: u8 = 11;
+const STAGE_START: u8 = 12;
 
-/// Private copies the sandbox gets of the host's files. They are sent at start, when the
-/// sandbox's addresses are known.
+/// Content of the sandbox's private copies of the host's files, sent at start, when its
+/// addresses are known.
 #[derive(Debug, Clone, Default)]
 pub struct PrivateFiles {
-    /// Content of /etc/resolv.conf (None: the host's file shows through).
-    pub resolv_conf: Option<Vec<u8>>,
-    /// Content of /etc/hosts.
-    pub hosts: Option<Vec<u8>>,
+    pub resolv_conf: Vec<u8>,
+    pub hosts: Vec<u8>,
 }
 
 impl PrivateFiles {
-    /// The start message: per file, a length (u32::MAX when absent) and the bytes.
+    /// The start message: per file, a length and the bytes.
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(8 + self.resolv_conf.len() + self.hosts.len());
         for file in [&self.resolv_conf, &self.hosts] {
-            match file {
-                Some(bytes) => {
-                    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                    out.extend_from_slice(bytes);
-                }
-                None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
-            }
+            out.extend_from_slice(&(file.len() as u32).to_le_bytes());
+            out.extend_from_slice(file);
         }
         out
     }
@@ -293,8 +291,8 @@ const MAX_START_MESSAGE: usize = 1 << 20;
 struct Prepared {
     parent: libc::pid_t,
     net: ChildNet,
-    /// For each of resolv.conf and hosts: (source in the scratch tmpfs, target), when the host
-    /// has the target file.
+    /// For each of resolv.conf and hosts: (source in the scratch tmpfs, target), when the
+    /// sandbox gets a private copy and the host has the file.
     targets: [Option<(CString, CString)>; 2],
     /// An existing directory the scratch tmpfs is mounted on for a moment.
     scratch: CString,
@@ -326,6 +324,8 @@ pub fn spawn(spec: &SandboxSpec, files: &PrivateFiles) -> Result<Sandboxed> {
 #[derive(Debug)]
 pub struct Pending {
     pid: Pid,
+    /// The child sends network handles that were not taken yet ([`NetSetup::New`]).
+    network_untaken: bool,
     chan: Option<OwnedFd>,
     report: OwnedFd,
     program: String,
@@ -390,7 +390,11 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Pending> {
     let prepared = Prepared {
         parent: nix::unistd::getpid().as_raw(),
         net,
-        targets: [target("/etc/resolv.conf")?, target("/etc/hosts")?],
+        targets: if spec.private_files {
+            [target("/etc/resolv.conf")?, target("/etc/hosts")?]
+        } else {
+            [None, None]
+        },
         scratch: cstr("path", scratch_dir.as_bytes())?,
         hostname: spec.hostname.as_ref().map(|h| h.as_bytes().to_vec()),
         user: spec.user.clone(),
@@ -418,6 +422,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Pending> {
     drop(chan_child);
     Ok(Pending {
         pid: Pid::from_raw(pid),
+        network_untaken: matches!(spec.net, NetSetup::New),
         chan: Some(chan_parent),
         report: report_rx,
         program,
@@ -434,6 +439,7 @@ impl Pending {
     /// ever entering it.
     pub fn take_network(&mut self) -> Result<(OwnedFd, OwnedFd)> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        self.network_untaken = false;
         let Some(chan) = &self.chan else {
             return Err(self.setup_failure());
         };
@@ -485,6 +491,10 @@ impl Pending {
 
     /// Sends the private files; the child mounts them, drops its privileges and execs CMD.
     pub fn start(mut self, files: &PrivateFiles) -> Result<Sandboxed> {
+        if self.network_untaken {
+            // Unread messages at close would reset the child's end (ECONNRESET): take them.
+            self.take_network()?;
+        }
         if let Some(chan) = self.chan.take() {
             // An error here means the child failed its set-up: the report says why.
             let _ = nix::sys::socket::send(
@@ -610,13 +620,20 @@ fn exec_spec(spec: &SandboxSpec) -> Result<ExecSpec> {
     })
 }
 
-/// The child: set up, wait for the start message, mount the files, drop privileges, exec.
-/// Never returns.
+/// The child: set up everything that does not depend on the addresses (namespaces, mounts with
+/// empty private files, privileges, working directory), wait for the start message, fill the
+/// files, exec. What follows the start is only a few writes and the exec. Never returns.
 fn child_main(p: &Prepared, exec: &ExecSpec) -> ! {
     // SAFETY: plain syscalls on buffers prepared before the fork or owned here.
     unsafe {
-        if child_setup(p).is_err() {
+        let Ok(files) = child_setup(p) else {
             libc::_exit(125);
+        };
+        if let Some(cwd) = &exec.cwd {
+            if libc::chdir(cwd.as_ptr()) < 0 {
+                report(p.report, STAGE_CWD, io::Error::last_os_error());
+                libc::_exit(125);
+            }
         }
         let mut msg = vec![0u8; MAX_START_MESSAGE];
         let n = loop {
@@ -626,36 +643,21 @@ fn child_main(p: &Prepared, exec: &ExecSpec) -> ! {
             }
             break n;
         };
-        if n <= 0 {
+        if n < 0 {
+            report(p.report, STAGE_START, io::Error::last_os_error());
+            libc::_exit(125);
+        }
+        if n == 0 {
             // netbox gave up (or died): do not run CMD.
             libc::_exit(125);
         }
-        let contents = decode_start(&msg[..n as usize]);
-        let files: Vec<(&CString, &CString, &[u8])> = p
-            .targets
-            .iter()
-            .zip(contents)
-            .filter_map(|(target, content)| match (target, content) {
-                (Some((source, target)), Some(content)) => Some((source, target, content)),
-                _ => None,
-            })
-            .collect();
-        if !files.is_empty() {
-            if let Err(e) = mount_private_files(&p.scratch, &files) {
-                report(p.report, STAGE_FILES, e);
-                libc::_exit(125);
-            }
-        }
-        if !matches!(p.net, ChildNet::Rootless { .. }) {
-            if let Err(e) = drop_privileges(p) {
-                report(p.report, 8, e);
-                libc::_exit(125);
-            }
-        }
-        if let Some(cwd) = &exec.cwd {
-            if libc::chdir(cwd.as_ptr()) < 0 {
-                report(p.report, STAGE_CWD, io::Error::last_os_error());
-                libc::_exit(125);
+        for (fd, content) in files.iter().zip(decode_start(&msg[..n as usize])) {
+            if *fd >= 0 {
+                if let Err(e) = write_all(*fd, content) {
+                    report(p.report, STAGE_FILES, e);
+                    libc::_exit(125);
+                }
+                libc::close(*fd);
             }
         }
         // Rust ignores SIGPIPE and netbox blocks the forwarded signals: CMD gets the defaults.
@@ -672,23 +674,15 @@ fn child_main(p: &Prepared, exec: &ExecSpec) -> ! {
     }
 }
 
-/// Reads the start message written by [`PrivateFiles::encode`]; malformed parts count as absent.
-fn decode_start(mut msg: &[u8]) -> [Option<&[u8]>; 2] {
-    let mut out = [None, None];
+/// Reads the start message written by [`PrivateFiles::encode`]; missing parts are empty.
+fn decode_start(mut msg: &[u8]) -> [&[u8]; 2] {
+    let mut out: [&[u8]; 2] = [&[], &[]];
     for slot in &mut out {
         let Some((len, rest)) = msg.split_first_chunk::<4>() else {
             break;
         };
-        let len = u32::from_le_bytes(*len);
-        if len == u32::MAX {
-            msg = rest;
-            continue;
-        }
-        let len = len as usize;
-        if len > rest.len() {
-            break;
-        }
-        *slot = Some(&rest[..len]);
+        let len = (u32::from_le_bytes(*len) as usize).min(rest.len());
+        *slot = &rest[..len];
         msg = &rest[len..];
     }
     out
@@ -743,7 +737,9 @@ fn report(fd: RawFd, stage: u8, e: io::Error) {
 
 /// Runs in the child between fork and exec. Returns an error after writing the failed stage's
 /// number on the report pipe.
-fn child_setup(p: &Prepared) -> io::Result<()> {
+/// Everything before the start. Returns the open private files (-1 where there is none), to be
+/// filled once the start message brings their content.
+fn child_setup(p: &Prepared) -> io::Result<[RawFd; 2]> {
     let fail = |stage: u8, e: io::Error| -> io::Error {
         let copy = io::Error::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO));
         report(p.report, stage, e);
@@ -819,8 +815,13 @@ fn child_setup(p: &Prepared) -> io::Result<()> {
         if let Some(name) = &p.hostname {
             check(7, libc::sethostname(name.as_ptr().cast(), name.len()))?;
         }
+        let files =
+            mount_private_files(&p.scratch, &p.targets).map_err(|e| fail(STAGE_FILES, e))?;
+        if !matches!(p.net, ChildNet::Rootless { .. }) {
+            drop_privileges(p).map_err(|e| fail(8, e))?;
+        }
+        Ok(files)
     }
-    Ok(())
 }
 
 /// Switches user and drops the capabilities CMD must not have, keeping `keep_caps`.
@@ -848,6 +849,14 @@ fn drop_privileges(p: &Prepared) -> io::Result<()> {
                 || libc::setresuid(user.uid, user.uid, user.uid) < 0
             {
                 return Err(io::Error::last_os_error());
+            }
+            // Changing credentials clears the parent-death signal: arm it again, and make sure
+            // netbox did not die in between.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != p.parent {
+                libc::_exit(125);
             }
         }
         if user.uid != 0 && !p.keep_caps.is_empty() {
@@ -894,12 +903,20 @@ fn resolve_program(program: &OsString, env: &[(OsString, OsString)]) -> OsString
 /// Directories the scratch tmpfs may cover for a moment, first existing wins.
 const SCRATCH_DIRS: [&str; 4] = ["/tmp", "/dev/shm", "/run", "/mnt"];
 
-/// Over-mounts each target with a private file holding its content. The files are made in a
-/// tmpfs mounted on `scratch` in the sandbox's own mount namespace (a bind source must belong
-/// to it, and must have a name: O_TMPFILE files cannot be bind-mounted), which is detached
-/// again right away: the bind mounts keep the files alive, and nothing remains on any disk.
-fn mount_private_files(scratch: &CString, files: &[(&CString, &CString, &[u8])]) -> io::Result<()> {
-    let last_error = || Err(io::Error::last_os_error());
+/// Over-mounts each target with an empty private file and returns the files, open for writing
+/// (their content comes with the start). The files are made in a tmpfs mounted on `scratch` in
+/// the sandbox's own mount namespace (a bind source must belong to it, and must have a name:
+/// O_TMPFILE files cannot be bind-mounted), detached right away: the bind mounts keep the files
+/// alive and nothing remains on any disk. Unmounting waits for an RCU grace period, one more
+/// reason to do it before the start.
+fn mount_private_files(
+    scratch: &CString,
+    targets: &[Option<(CString, CString)>; 2],
+) -> io::Result<[RawFd; 2]> {
+    let mut fds = [-1; 2];
+    if targets.iter().all(Option::is_none) {
+        return Ok(fds);
+    }
     // SAFETY: plain syscalls on valid, NUL-terminated buffers.
     unsafe {
         if libc::mount(
@@ -910,24 +927,23 @@ fn mount_private_files(scratch: &CString, files: &[(&CString, &CString, &[u8])])
             c"mode=0755,size=1m".as_ptr().cast(),
         ) < 0
         {
-            return last_error();
+            return Err(io::Error::last_os_error());
         }
         let mut result = Ok(());
-        for (source, target, content) in files {
+        for (slot, target) in fds.iter_mut().zip(targets) {
+            let Some((source, target)) = target else {
+                continue;
+            };
             let fd = libc::open(
                 source.as_ptr(),
                 libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
                 0o644,
             );
             if fd < 0 {
-                result = last_error();
+                result = Err(io::Error::last_os_error());
                 break;
             }
-            result = write_all(fd, content);
-            libc::close(fd);
-            if result.is_err() {
-                break;
-            }
+            *slot = fd;
             if libc::mount(
                 source.as_ptr(),
                 target.as_ptr(),
@@ -936,12 +952,12 @@ fn mount_private_files(scratch: &CString, files: &[(&CString, &CString, &[u8])])
                 std::ptr::null(),
             ) < 0
             {
-                result = last_error();
+                result = Err(io::Error::last_os_error());
                 break;
             }
         }
         libc::umount2(scratch.as_ptr(), libc::MNT_DETACH);
-        result
+        result.map(|()| fds)
     }
 }
 

@@ -198,6 +198,7 @@ fn sandbox_spec(spec: &RunSpec, net: NetSetup) -> SandboxSpec {
         args: spec.args.clone(),
         net,
         hostname: spec.hostname.clone(),
+        private_files: true,
         env: spec.env.clone(),
         cwd: spec.cwd.clone(),
         keep_caps: spec.keep_caps.clone(),
@@ -213,8 +214,8 @@ fn private_files(spec: &RunSpec, addrs: &[IpAddr]) -> PrivateFiles {
     }
     let hostname = spec.hostname.clone().unwrap_or_else(host_hostname);
     PrivateFiles {
-        resolv_conf: Some(resolv.content.into_bytes()),
-        hosts: Some(dns::hosts(&hostname, addrs).into_bytes()),
+        resolv_conf: resolv.content.into_bytes(),
+        hosts: dns::hosts(&hostname, addrs).into_bytes(),
     }
 }
 
