@@ -700,3 +700,32 @@ fn attach_failing_inside_the_sandbox_rolls_back_veth_and_lease() {
         .expect("store");
     assert!(store.leases().expect("leases").is_empty());
 }
+
+#[test]
+fn command_run_as_another_user_still_dies_with_netbox() {
+    if !private_host("run::command_run_as_another_user_still_dies_with_netbox") {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return; // switching users needs root; the rootless run covers the rest
+    }
+    let (mut child, mut out) = start(
+        &["--user", "65534:65534"],
+        &["sh", "-c", "id -u; echo ready; exec sleep 300"],
+    );
+    let mut uid = String::new();
+    out.read_line(&mut uid).expect("uid");
+    assert_eq!(uid.trim(), "65534");
+    wait_line(&mut out, "ready");
+    let sleeper = sh(&format!("cat /proc/{}/task/*/children", child.id()));
+    assert!(!sleeper.trim().is_empty());
+    child.kill().expect("SIGKILL netbox");
+    child.wait().expect("reap");
+    // Changing credentials clears PDEATHSIG; netbox arms it again after the switch.
+    eventually("CMD to die", || {
+        sleeper
+            .split_whitespace()
+            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
+    eventually("the veth to go", || host_veths().is_empty());
+}
