@@ -1,36 +1,46 @@
-//! The `netbox-cni` plugin: CNI on stdin/stdout, logic in the library.
-//! For now it answers VERSION; other operations report "unsupported" as a CNI error object.
+//! The `netbox-cni` plugin: the CNI environment and stdin in, a result or an error object out
+//! (exit status 1 with the error); all logic is in `netbox::cni`. Logs go to stderr
+//! (`NETBOX_LOG=debug`), never to stdout, which belongs to the protocol.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use netbox::cni::{code, ErrorObject, VersionResult, CURRENT_VERSION};
-
 fn main() -> ExitCode {
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    let out = match command.as_str() {
-        "VERSION" => serde_json::to_string(&VersionResult::new()),
-        other => {
-            let err = ErrorObject {
-                cni_version: CURRENT_VERSION.into(),
-                code: code::INVALID_ENVIRONMENT,
-                msg: if other.is_empty() {
-                    "CNI_COMMAND is not set".into()
-                } else {
-                    format!("CNI_COMMAND {other:?} is not supported by this build")
-                },
-                details: String::new(),
-            };
-            let text = serde_json::to_string(&err).unwrap_or_default();
-            let _ = writeln!(std::io::stdout(), "{text}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match out {
-        Ok(text) => {
-            let _ = writeln!(std::io::stdout(), "{text}");
-            ExitCode::SUCCESS
-        }
-        Err(_) => ExitCode::FAILURE,
+    if let Ok(filter) = std::env::var("NETBOX_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
     }
+    if let Ok(job) = std::env::var(netbox::cni::ops::REAP_ENV) {
+        // A detached helper of an earlier DEL (see `netbox::cni::ops::del`): nobody reads it.
+        return match netbox::cni::ops::reap(&job) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        };
+    }
+    let mut stdin = Vec::new();
+    // VERSION needs no input, and a runtime may not send any: only read when asked to work.
+    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
+    if command != "VERSION" {
+        if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+            let err = netbox::cni::CniError::new(
+                netbox::cni::code::IO_FAILURE,
+                format!("reading the network configuration from stdin: {e}"),
+            );
+            print(&serde_json::to_string(&err.to_object(None)).unwrap_or_default());
+            return ExitCode::from(1);
+        }
+    }
+    let outcome = netbox::cni::run(&|key| std::env::var(key).ok(), &stdin);
+    if !outcome.stdout.is_empty() {
+        print(&outcome.stdout);
+    }
+    ExitCode::from(outcome.exit_code)
+}
+
+fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
 }

@@ -365,11 +365,17 @@ impl Netlink {
     /// DAD would hold the first packets back for a second or more). An address already present
     /// on this very link is accepted, so the operation can be repeated.
     pub async fn add_address(&self, link: &Link, address: IpNetwork) -> Result<()> {
+        self.add_address_dad(link, address, false).await
+    }
+
+    /// [`Netlink::add_address`], with IPv6 duplicate address detection when `dad` is true (the
+    /// address stays tentative until DAD completes).
+    pub async fn add_address_dad(&self, link: &Link, address: IpNetwork, dad: bool) -> Result<()> {
         let mut req = self
             .handle
             .address()
             .add(link.index, address.ip(), address.prefix());
-        if address.is_ipv6() {
+        if address.is_ipv6() && !dad {
             req.message_mut()
                 .attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
@@ -523,12 +529,23 @@ impl Netlink {
                 on,
             )]))
             .build();
+        // Port settings go in RTM_NEWLINK on the existing link: RTM_SETLINK ignores them.
         self.handle
             .link()
-            .set(msg)
+            .set_port(msg)
             .execute()
             .await
             .map_err(|e| request_error(format!("setting hairpin mode on \"{}\"", port.name), e))
+    }
+
+    /// Brings a link down.
+    pub async fn set_down(&self, link: &Link) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).down().build())
+            .execute()
+            .await
+            .map_err(|e| request_error(format!("bringing \"{}\" down", link.name), e))
     }
 
     /// Sets or clears IFF_PROMISC on a link.

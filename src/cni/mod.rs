@@ -1,7 +1,24 @@
-//! CNI protocol types shared by the `netbox-cni` plugin: versions and the error object.
-//! (The operations themselves arrive with the plugin issue; VERSION is answered now.)
+//! The CNI plugin (spec 1.1.0 and the versions before it), as library code the `netbox-cni`
+//! binary only feeds with its environment and stdin.
+//!
+//! - `conf`: the environment (`CNI_*`) and the configuration on stdin, validated before anything
+//!   on the host is touched, so a bad input changes nothing;
+//! - `result`: the result in every version's form;
+//! - `ops`: ADD, DEL, CHECK, GC and STATUS over `attach` and the IPAM store;
+//! - `delegate`: running another IPAM plugin found on CNI_PATH.
+//!
+//! Every failure is a [`CniError`] carrying one of the spec's codes.
+
+pub mod conf;
+pub mod delegate;
+pub mod ops;
+pub mod result;
 
 use serde::Serialize;
+use thiserror::Error;
+
+pub use conf::{Command, Env, NetConf};
+pub use result::CniResult;
 
 /// Versions of the CNI spec this plugin speaks.
 pub const SUPPORTED_VERSIONS: [&str; 7] = [
@@ -10,7 +27,7 @@ pub const SUPPORTED_VERSIONS: [&str; 7] = [
 /// The version netbox answers in when the caller does not say.
 pub const CURRENT_VERSION: &str = "1.1.0";
 
-/// Error codes from the CNI spec.
+/// Error codes from the CNI spec (and one of netbox's own, above 99 as the spec asks).
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
     pub const UNSUPPORTED_FIELD: u32 = 2;
@@ -20,6 +37,188 @@ pub mod code {
     pub const DECODE_FAILURE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS: the plugin cannot serve ADD.
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// STATUS: not available, and existing attachments may be impaired.
+    pub const NOT_AVAILABLE_DEGRADED: u32 = 51;
+    /// CHECK found the attachment different from its prevResult.
+    pub const CHECK_MISMATCH: u32 = 100;
+}
+
+/// A spec version, ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Version {
+    V0_1_0,
+    V0_2_0,
+    V0_3_0,
+    V0_3_1,
+    V0_4_0,
+    V1_0_0,
+    V1_1_0,
+}
+
+impl Version {
+    pub const ALL: [Version; 7] = [
+        Version::V0_1_0,
+        Version::V0_2_0,
+        Version::V0_3_0,
+        Version::V0_3_1,
+        Version::V0_4_0,
+        Version::V1_0_0,
+        Version::V1_1_0,
+    ];
+
+    pub fn parse(s: &str) -> Option<Version> {
+        SUPPORTED_VERSIONS
+            .iter()
+            .position(|v| *v == s)
+            .and_then(|i| Version::ALL.get(i).copied())
+    }
+
+    pub fn as_str(self) -> &'static str {
+        SUPPORTED_VERSIONS[self as usize]
+    }
+}
+
+/// A failure as the runtime sees it: a spec code, a message naming the object, details.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("{msg}")]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    pub fn new(code: u32, msg: impl Into<String>) -> CniError {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    pub fn with_details(mut self, details: impl Into<String>) -> CniError {
+        self.details = details.into();
+        self
+    }
+
+    pub fn config(msg: impl Into<String>) -> CniError {
+        CniError::new(code::INVALID_CONFIG, msg)
+    }
+
+    pub fn env(msg: impl Into<String>) -> CniError {
+        CniError::new(code::INVALID_ENVIRONMENT, msg)
+    }
+
+    /// The error object, in the configuration's version when it is known.
+    pub fn to_object(&self, version: Option<Version>) -> ErrorObject {
+        ErrorObject {
+            cni_version: version.map_or(CURRENT_VERSION, Version::as_str).into(),
+            code: self.code,
+            msg: self.msg.clone(),
+            details: self.details.clone(),
+        }
+    }
+}
+
+impl From<crate::Error> for CniError {
+    fn from(e: crate::Error) -> CniError {
+        use crate::ipam::IpamError as I;
+        use crate::netlink::NetlinkError as N;
+        let code = match &e {
+            crate::Error::Netlink(N::InvalidIfname { .. }) => code::INVALID_ENVIRONMENT,
+            crate::Error::Netlink(N::NotABridge { .. }) => code::INVALID_CONFIG,
+            crate::Error::Netlink(N::AddressInUse { .. } | N::LinkExists { .. }) => {
+                code::TRY_AGAIN_LATER
+            }
+            crate::Error::Netlink(N::PeerExists { .. }) => code::INVALID_ENVIRONMENT,
+            crate::Error::Netlink(_) => code::IO_FAILURE,
+            crate::Error::Netns(crate::netns::NetnsError::Open { .. }) => code::INVALID_ENVIRONMENT,
+            crate::Error::Netns(_) => code::IO_FAILURE,
+            crate::Error::Ipam(i) => match i {
+                I::Io { .. } => code::IO_FAILURE,
+                I::BadOwner(_) => code::INVALID_ENVIRONMENT,
+                // Addresses come back when other attachments go.
+                I::Exhausted { .. } | I::RequestedTaken { .. } => code::TRY_AGAIN_LATER,
+                _ => code::INVALID_CONFIG,
+            },
+            crate::Error::Config(_) => code::INVALID_CONFIG,
+            crate::Error::Io { .. } | crate::Error::Process(_) => code::IO_FAILURE,
+        };
+        CniError::new(code, e.to_string())
+    }
+}
+
+impl From<crate::netlink::NetlinkError> for CniError {
+    fn from(e: crate::netlink::NetlinkError) -> CniError {
+        crate::Error::from(e).into()
+    }
+}
+
+impl From<crate::ipam::IpamError> for CniError {
+    fn from(e: crate::ipam::IpamError) -> CniError {
+        crate::Error::from(e).into()
+    }
+}
+
+impl From<crate::netns::NetnsError> for CniError {
+    fn from(e: crate::netns::NetnsError) -> CniError {
+        crate::Error::from(e).into()
+    }
+}
+
+/// What the binary prints and how it exits.
+#[derive(Debug)]
+pub struct Outcome {
+    /// JSON for stdout (empty for a successful DEL, GC or STATUS).
+    pub stdout: String,
+    /// Process exit status: 0 on success, 1 with an error object.
+    pub exit_code: u8,
+}
+
+/// Runs one plugin invocation. `env` yields environment variables by name; `stdin` is the
+/// configuration.
+pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    let (version, result) = run_inner(env, stdin);
+    match result {
+        Ok(Some(value)) => Outcome {
+            stdout: value.to_string(),
+            exit_code: 0,
+        },
+        Ok(None) => Outcome {
+            stdout: String::new(),
+            exit_code: 0,
+        },
+        Err(e) => Outcome {
+            stdout: serde_json::to_string(&e.to_object(version)).unwrap_or_default(),
+            exit_code: 1,
+        },
+    }
+}
+
+fn run_inner(
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> (Option<Version>, Result<Option<serde_json::Value>, CniError>) {
+    let parsed = match Env::parse(env) {
+        Ok(e) => e,
+        Err(e) => return (conf::peek_version(stdin), Err(e)),
+    };
+    if parsed.command == Command::Version {
+        return (
+            None,
+            serde_json::to_value(VersionResult::new())
+                .map(Some)
+                .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string())),
+        );
+    }
+    let conf = match NetConf::parse(stdin, &parsed) {
+        Ok(c) => c,
+        Err(e) => return (conf::peek_version(stdin), Err(e)),
+    };
+    let version = Some(conf.version);
+    (version, ops::execute(&parsed, &conf, stdin))
 }
 
 /// The VERSION result.

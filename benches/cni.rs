@@ -1,0 +1,194 @@
+//! netbox-cni against the reference plugins (Debian's containernetworking-plugins: bridge +
+//! host-local), side by side in one run: the same configuration apart from the plugin and IPAM
+//! type, a fresh named namespace per cycle, cycles interleaved so both see the same load.
+//! Prints medians and p90 of ADD, CHECK, DEL and VERSION, and the ratios against the targets
+//! (ADD ≤ 0.25×, DEL ≤ 0.5×, VERSION ≤ 0.25×).
+//!
+//! Runs as root inside a private network + mount namespace: bridges, namespaces and leases never
+//! reach the real host. `cargo bench --bench cni [-- N]` (N cycles, default 50).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+struct Plugin {
+    label: &'static str,
+    binary: String,
+    config: String,
+    times: [Vec<Duration>; 4],
+}
+
+const OPS: [&str; 4] = ["ADD", "CHECK", "DEL", "VERSION"];
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(50);
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("cni bench: needs root (it builds bridges); skipped");
+        return;
+    }
+    if !Path::new(REFERENCE_DIR).join("bridge").exists() {
+        eprintln!(
+            "cni bench: {REFERENCE_DIR}/bridge missing (apt-get install containernetworking-plugins); skipped"
+        );
+        return;
+    }
+    private_host();
+    let config = |plugin: &str, ipam: &str, bridge: &str, subnet: &str| {
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"bench","type":"{plugin}","bridge":"{bridge}",
+"isGateway":true,"isDefaultGateway":true,"ipMasq":false,
+"ipam":{{"type":"{ipam}","subnet":"{subnet}","dataDir":"/var/lib/netbox/bench-{plugin}"}}}}"#
+        )
+    };
+    let mut plugins = [
+        Plugin {
+            label: "reference bridge+host-local",
+            binary: format!("{REFERENCE_DIR}/bridge"),
+            config: config("bridge", "host-local", "refbench0", "10.120.0.0/16"),
+            times: Default::default(),
+        },
+        Plugin {
+            label: "netbox-cni",
+            // NETBOX_BENCH_CNI_BIN compares another build (e.g. a statically linked one).
+            binary: std::env::var("NETBOX_BENCH_CNI_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_netbox-cni").to_string()),
+            config: config("netbox-cni", "netbox", "nbbench0", "10.121.0.0/16"),
+            times: Default::default(),
+        },
+    ];
+    // Warm up: the first ADD creates the bridge, later ones reuse it as in real use.
+    for p in &mut plugins {
+        cycle(p, "warmup", false);
+    }
+    for i in 0..n {
+        for p in &mut plugins {
+            cycle(p, &format!("c{i}"), true);
+        }
+    }
+    println!("CNI plugins, {n} cycles each (fresh netns per cycle), interleaved");
+    println!(
+        "{:<8} {:>22} {:>22} {:>8}",
+        "op", "reference med/p90", "netbox-cni med/p90", "ratio"
+    );
+    let [reference, netbox] = &mut plugins;
+    for (i, op) in OPS.iter().enumerate() {
+        let (r_med, r_p90) = stats(&mut reference.times[i]);
+        let (n_med, n_p90) = stats(&mut netbox.times[i]);
+        let target = match *op {
+            "ADD" | "VERSION" => " (target <= 0.25)",
+            "DEL" => " (target <= 0.50)",
+            _ => "",
+        };
+        println!(
+            "{op:<8} {:>9.2} / {:>7.2} ms {:>9.2} / {:>7.2} ms {:>8.3}{target}",
+            ms(r_med),
+            ms(r_p90),
+            ms(n_med),
+            ms(n_p90),
+            n_med.as_secs_f64() / r_med.as_secs_f64()
+        );
+    }
+    println!("({} vs {})", reference.label, netbox.label);
+}
+
+/// One attachment's life: ADD, CHECK (with the ADD result as prevResult), DEL; then VERSION.
+fn cycle(p: &mut Plugin, id: &str, record: bool) {
+    let ns = format!("bench-{id}");
+    netbox::netns::create_named(&ns).expect("netns");
+    let netns = format!("/run/netns/{ns}");
+    let (t_add, result) = call(p, "ADD", id, &netns, &p.config);
+    let mut check_conf: serde_json::Value = serde_json::from_str(&p.config).expect("config");
+    check_conf["prevResult"] = serde_json::from_slice(&result).expect("ADD result");
+    let (t_check, _) = call(p, "CHECK", id, &netns, &check_conf.to_string());
+    let (t_del, _) = call(p, "DEL", id, &netns, &p.config);
+    let (t_version, _) = call(p, "VERSION", id, &netns, r#"{"cniVersion":"1.0.0"}"#);
+    netbox::netns::delete_named(&ns).expect("delete netns");
+    if record {
+        for (i, t) in [t_add, t_check, t_del, t_version].into_iter().enumerate() {
+            p.times[i].push(t);
+        }
+    }
+}
+
+fn call(p: &Plugin, command: &str, id: &str, netns: &str, stdin: &str) -> (Duration, Vec<u8>) {
+    let start = Instant::now();
+    let mut child = Command::new(&p.binary)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", REFERENCE_DIR)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start plugin");
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin.as_bytes());
+    }
+    let out = child.wait_with_output().expect("wait plugin");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{} {command} failed: {}",
+        p.label,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (took, out.stdout)
+}
+
+fn stats(v: &mut [Duration]) -> (Duration, Duration) {
+    v.sort();
+    (v[v.len() / 2], v[(v.len() * 9 / 10).min(v.len() - 1)])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Moves this process into fresh network + mount namespaces with private state.
+fn private_host() {
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare net+mount");
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .expect("make / private");
+    for dir in ["/run/netns", "/run/netbox", "/var/lib/netbox"] {
+        std::fs::create_dir_all(dir).expect("mount point");
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("private tmpfs");
+    }
+    // sysfs shows the links of the namespace that mounted it.
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("private /sys");
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("ip");
+    assert!(up.success());
+}

@@ -1,0 +1,788 @@
+//! The operations: ADD, DEL, CHECK, GC, STATUS, over the same `attach` code and lease store as
+//! `netbox run`.
+//!
+//! State lives in two places only, both found again from (container id, ifname) without any file
+//! of the plugin's own: the lease store (owner `Cni { container_id, ifname }`) and the host veth,
+//! whose name is a hash of the pair and whose alias records the owner. So DEL needs neither the
+//! namespace nor a prevResult, and GC finds every attachment of a network by listing links.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+
+use super::conf::{Command, Env, Ipam, NetConf};
+use super::delegate;
+use super::result::{CniResult, Dns, Interface, IpConfig, RouteEntry};
+use super::{code, CniError, VersionResult};
+use crate::attach::{self, AttachSpec};
+use crate::ipam::{IpamConfig, Owner, Range, Store};
+use crate::netlink::{Link, Netlink};
+use crate::netns::NetNs;
+use crate::network::NetworkSpec;
+
+/// What every host veth alias of netbox-cni starts with.
+pub const ALIAS_PREFIX: &str = "netbox-cni:";
+/// Longest alias the kernel keeps (IFALIASZ - 1).
+const MAX_ALIAS: usize = 255;
+
+/// Runs the operation `env.command` asks for; the JSON to print, if any.
+pub fn execute(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    match env.command {
+        Command::Add => add(env, conf, stdin).map(|r| Some(r.to_json(conf.version))),
+        Command::Del => del(env, conf, stdin).map(|()| None),
+        Command::Check => check(env, conf, stdin).map(|()| None),
+        Command::Gc => gc(env, conf, stdin).map(|()| None),
+        Command::Status => status(conf).map(|()| None),
+        Command::Version => serde_json::to_value(VersionResult::new())
+            .map(Some)
+            .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string())),
+    }
+}
+
+/// The host end's name: "veth" and 11 hex digits (44 bits) of a hash of the attachment, so DEL
+/// and GC find it without state. FNV-1a is fixed by its definition: the name of an attachment
+/// made by one build is the one a later build looks for.
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("veth{:011x}", h >> 20)
+}
+
+/// The owner recorded on the host veth (what `ip link` shows as its alias).
+pub fn host_alias(network: &str, container_id: &str, ifname: &str) -> String {
+    let mut alias = format!("{ALIAS_PREFIX}{network}:{container_id}:{ifname}");
+    // Everything in it is ASCII (validated), so any cut is on a character boundary.
+    alias.truncate(MAX_ALIAS);
+    alias
+}
+
+fn owner(env: &Env) -> Owner {
+    Owner::Cni {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| {
+            CniError::new(
+                code::IO_FAILURE,
+                format!("starting the netlink runtime: {e}"),
+            )
+        })
+}
+
+fn data_dir(cfg: &IpamConfig) -> PathBuf {
+    cfg.data_dir
+        .clone()
+        .unwrap_or_else(crate::ipam::store::default_data_dir)
+}
+
+fn open_store(conf: &NetConf, cfg: &IpamConfig) -> Result<Store, CniError> {
+    Ok(Store::open(&data_dir(cfg), &conf.name)?)
+}
+
+fn netns_of(env: &Env, missing_code: u32) -> Result<(NetNs, String), CniError> {
+    let path = env
+        .netns
+        .as_ref()
+        .ok_or_else(|| CniError::env("CNI_NETNS is not set"))?;
+    let ns =
+        NetNs::open(path).map_err(|e| CniError::new(missing_code, format!("CNI_NETNS: {e}")))?;
+    Ok((ns, path.display().to_string()))
+}
+
+/// Addresses, routes and DNS for one attachment, wherever they came from.
+struct Addressing {
+    addresses: Vec<(IpNetwork, Option<IpAddr>)>,
+    routes: Vec<RouteEntry>,
+    dns: Dns,
+    /// The ranges the bridge's gateway addresses and default routes are computed from.
+    ipam: IpamConfig,
+}
+
+fn ipam_add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Addressing, CniError> {
+    match &conf.ipam {
+        Ipam::Builtin(cfg) => {
+            let store = open_store(conf, cfg)?;
+            let leases = store.allocate(cfg, &owner(env), &conf.ips)?;
+            let mut dns = conf.dns.clone();
+            if let (true, Some(path)) = (dns.is_empty(), &cfg.resolv_conf) {
+                // host-local reads it too; an unreadable file is a configuration error there.
+                match std::fs::read_to_string(path) {
+                    Ok(text) => dns = Dns::from_resolv_conf(&text),
+                    Err(e) => {
+                        let _ = store.release(&owner(env));
+                        return Err(CniError::config(format!(
+                            "ipam.resolvConf {}: {e}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            Ok(Addressing {
+                addresses: leases.iter().map(|l| (l.address, l.gateway)).collect(),
+                routes: cfg
+                    .routes
+                    .iter()
+                    .map(|r| RouteEntry::new(r.dst, r.gw))
+                    .collect(),
+                dns,
+                ipam: cfg.clone(),
+            })
+        }
+        Ipam::Delegated { plugin } => {
+            let result = delegate::exec(plugin, "ADD", env, stdin)?.unwrap_or_default();
+            let addresses: Vec<(IpNetwork, Option<IpAddr>)> =
+                result.ips.iter().map(|i| (i.address, i.gateway)).collect();
+            let dns = if result.dns.is_empty() {
+                conf.dns.clone()
+            } else {
+                result.dns
+            };
+            Ok(Addressing {
+                ipam: ranges_of(&addresses),
+                addresses,
+                routes: result.routes,
+                dns,
+            })
+        }
+        Ipam::None => Ok(Addressing {
+            addresses: vec![],
+            routes: vec![],
+            dns: conf.dns.clone(),
+            ipam: ranges_of(&[]),
+        }),
+    }
+}
+
+/// Ranges standing for a delegated plugin's addresses: one per address, whose gateway is the
+/// plugin's or, as the reference bridge computes it, the subnet's first address.
+fn ranges_of(addresses: &[(IpNetwork, Option<IpAddr>)]) -> IpamConfig {
+    let range_sets = addresses
+        .iter()
+        .map(|(addr, gw)| {
+            let subnet = IpNetwork::new(addr.network(), addr.prefix()).unwrap_or(*addr);
+            let first = crate::ipam::range::from_u128(
+                subnet.network(),
+                crate::ipam::range::to_u128(subnet.network()) + 1,
+            );
+            vec![Range {
+                subnet,
+                range_start: addr.ip(),
+                range_end: addr.ip(),
+                gateway: Some(gw.unwrap_or(first)),
+            }]
+        })
+        .collect();
+    IpamConfig {
+        range_sets,
+        routes: vec![],
+        data_dir: None,
+        resolv_conf: None,
+    }
+}
+
+fn ipam_del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    match &conf.ipam {
+        Ipam::Builtin(cfg) => {
+            open_store(conf, cfg)?.release(&owner(env))?;
+            Ok(())
+        }
+        Ipam::Delegated { plugin } => delegate::exec(plugin, "DEL", env, stdin).map(|_| ()),
+        Ipam::None => Ok(()),
+    }
+}
+
+fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
+    let start = std::time::Instant::now();
+    let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
+    let (ns, ns_path) = netns_of(env, code::INVALID_ENVIRONMENT)?;
+    runtime()?.block_on(async {
+        let host = Netlink::connect()?;
+        let sandbox = Netlink::connect_in(&ns)?;
+        phase("connected");
+        let host_ifname = host_ifname(&env.container_id, &env.ifname);
+        let alias = host_alias(&conf.name, &env.container_id, &env.ifname);
+        let (inside, bridge, existing) = futures::try_join!(
+            sandbox.link_by_name(&env.ifname),
+            host.link_by_name(&conf.bridge),
+            host.link_by_name(&host_ifname)
+        )?;
+        // Everything that can be refused is refused before IPAM is asked for anything.
+        if let Some(b) = bridge
+            .as_ref()
+            .filter(|b| b.kind.as_deref() != Some("bridge"))
+        {
+            return Err(CniError::config(format!(
+                "bridge: \"{}\" exists but is a {}, not a bridge",
+                b.name,
+                b.kind.as_deref().unwrap_or("device of unknown kind")
+            )));
+        }
+        let (stale, taken) = match existing {
+            Some(l) if l.alias.as_deref() == Some(alias.as_str()) => (Some(l), None),
+            other => (None, other),
+        };
+        if let Some(taken) = taken {
+            return Err(CniError::new(
+                code::TRY_AGAIN_LATER,
+                format!(
+                    "host interface \"{host_ifname}\" (the name derived from container {} and {}) \
+                     is taken by {}",
+                    env.container_id,
+                    env.ifname,
+                    taken
+                        .alias
+                        .as_deref()
+                        .unwrap_or("a link netbox did not make")
+                ),
+            ));
+        }
+        // Left by an attachment of this very container and interface: its veth still being
+        // deleted (DEL leaves that to a helper), or its DEL never came. That veth, recognized
+        // by name and alias, goes now, and its peer inside with it.
+        if let Some(stale) = &stale {
+            host.delete_link_index(stale.index, &stale.name).await?;
+        }
+        let inside = match (inside, &stale) {
+            (Some(_), Some(_)) => sandbox.link_by_name(&env.ifname).await?,
+            (inside, _) => inside,
+        };
+        if inside.is_some() {
+            return Err(CniError::env(format!(
+                "interface \"{}\" already exists in {ns_path}",
+                env.ifname
+            )));
+        }
+        phase("checked");
+        let addressing = ipam_add(env, conf, stdin)?;
+        phase("addresses allocated");
+        match wire(
+            env,
+            conf,
+            &host,
+            &sandbox,
+            &ns,
+            &ns_path,
+            bridge,
+            &addressing,
+        )
+        .await
+        {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                // The attachment undid itself (attach's rollback, or the veth removal below);
+                // the addresses go back too, so a failed ADD leaves nothing behind.
+                let _ = host.delete_link(&host_ifname).await;
+                if let Err(undo) = ipam_del(env, conf, stdin) {
+                    tracing::warn!(%undo, "releasing addresses after a failed ADD");
+                }
+                Err(e)
+            }
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn wire(
+    env: &Env,
+    conf: &NetConf,
+    host: &Netlink,
+    sandbox: &Netlink,
+    ns: &NetNs,
+    ns_path: &str,
+    bridge: Option<Link>,
+    addressing: &Addressing,
+) -> Result<CniResult, CniError> {
+    let network = NetworkSpec {
+        name: conf.name.clone(),
+        bridge: conf.bridge.clone(),
+        mtu: conf.mtu,
+        is_gateway: conf.is_gateway,
+        is_default_gateway: conf.is_default_gateway,
+        ipam: addressing.ipam.clone(),
+        source: None,
+    };
+    let bridge = attach::ensure_bridge(host, &network, bridge).await?;
+    tracing::debug!("bridge ready");
+    if conf.promisc_mode {
+        host.set_promiscuous(&bridge, true).await?;
+    }
+    let gateway_of = |v4: bool| {
+        addressing
+            .addresses
+            .iter()
+            .find(|(a, gw)| a.is_ipv4() == v4 && gw.is_some())
+            .and_then(|(_, gw)| *gw)
+    };
+    // A route without a gateway goes through the gateway of its family, as in the reference.
+    let routes: Vec<(IpNetwork, Option<IpAddr>)> = addressing
+        .routes
+        .iter()
+        .filter(|r| !(conf.is_default_gateway && r.dst.prefix() == 0))
+        .map(|r| (r.dst, r.gw.or_else(|| gateway_of(r.dst.is_ipv4()))))
+        .collect();
+    // With enabledad, IPv6 addresses (and the routes that need them) are added after the attach,
+    // with DAD; attach adds its addresses without.
+    let later = |v6: bool| conf.enable_dad && v6;
+    let (dad_routes, routes): (Vec<_>, Vec<_>) = routes
+        .into_iter()
+        .partition(|(dst, _)| later(dst.is_ipv6()));
+    let spec = AttachSpec {
+        host_ifname: host_ifname(&env.container_id, &env.ifname),
+        ifname: env.ifname.clone(),
+        addresses: addressing
+            .addresses
+            .iter()
+            .map(|a| a.0)
+            .filter(|a| !later(a.is_ipv6()))
+            .collect(),
+        routes,
+        mtu: conf.mtu,
+        mac: conf.mac,
+        owner: host_alias(&conf.name, &env.container_id, &env.ifname),
+    };
+    let mut attached =
+        attach::attach_to_bridge(host, sandbox, ns, &network, &bridge, &spec).await?;
+    tracing::debug!("attached");
+    for (address, gateway) in addressing.addresses.iter().filter(|a| later(a.0.is_ipv6())) {
+        sandbox
+            .add_address_dad(&attached.sandbox, *address, true)
+            .await?;
+        if let (true, Some(gw)) = (conf.is_default_gateway, gateway) {
+            let any = IpNetwork::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0)
+                .map_err(|e| CniError::config(e.to_string()))?;
+            sandbox.add_route(&attached.sandbox, any, Some(*gw)).await?;
+            attached.gateways.push(*gw);
+        }
+    }
+    for (dst, gw) in &dad_routes {
+        sandbox.add_route(&attached.sandbox, *dst, *gw).await?;
+    }
+    // The bridge's MAC may have changed with its new port: report the one it has now.
+    let hairpin = async {
+        if conf.hairpin_mode {
+            host.set_hairpin(&attached.host, true).await
+        } else {
+            Ok(())
+        }
+    };
+    let (bridge_now, hairpin) = futures::join!(host.link_by_index(bridge.index), hairpin);
+    hairpin?;
+    let bridge = bridge_now?.unwrap_or(bridge);
+    let mut result = CniResult {
+        interfaces: vec![
+            interface(&bridge, None),
+            interface(&attached.host, None),
+            interface(&attached.sandbox, Some(ns_path)),
+        ],
+        ips: addressing
+            .addresses
+            .iter()
+            .map(|(address, gateway)| IpConfig {
+                address: *address,
+                gateway: *gateway,
+                interface: Some(2),
+            })
+            .collect(),
+        routes: vec![],
+        dns: addressing.dns.clone(),
+    };
+    if conf.is_default_gateway {
+        for v4 in [true, false] {
+            if let Some(gw) = attached
+                .gateways
+                .iter()
+                .find(|g| g.is_ipv4() == v4)
+                .copied()
+            {
+                let any: IpAddr = if v4 {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                };
+                if let Ok(dst) = IpNetwork::new(any, 0) {
+                    result.routes.push(RouteEntry::new(dst, Some(gw)));
+                }
+            }
+        }
+    }
+    result.routes.extend(
+        addressing
+            .routes
+            .iter()
+            .filter(|r| !(conf.is_default_gateway && r.dst.prefix() == 0))
+            .cloned(),
+    );
+    Ok(match &conf.prev_result {
+        Some(prev) => chain(prev, result),
+        None => result,
+    })
+}
+
+fn interface(link: &Link, sandbox: Option<&str>) -> Interface {
+    Interface {
+        name: link.name.clone(),
+        mac: link.mac_string(),
+        mtu: link.mtu,
+        sandbox: sandbox.map(str::to_string),
+        socket_path: None,
+        pci_id: None,
+    }
+}
+
+/// Appends this plugin's result to the previous plugin's, as chained plugins do.
+fn chain(prev: &CniResult, mut ours: CniResult) -> CniResult {
+    let shift = prev.interfaces.len();
+    for ip in &mut ours.ips {
+        ip.interface = ip.interface.map(|i| i + shift);
+    }
+    let mut out = prev.clone();
+    out.interfaces.extend(ours.interfaces);
+    out.ips.extend(ours.ips);
+    out.routes.extend(ours.routes);
+    if !ours.dns.is_empty() {
+        out.dns = ours.dns;
+    }
+    out
+}
+
+/// DEL: best effort, idempotent, independent of the namespace and of prevResult. Both the veth
+/// and the addresses are released even when one of them fails; the first failure is reported.
+///
+/// Deleting a veth costs the kernel 15-30 ms (it waits for RCU grace periods), most of a DEL.
+/// So the host end is first brought down, which cuts the container off the bridge at once and
+/// makes its address safe to hand out again, and the deletion itself is left to a detached
+/// helper process (see [`REAP_ENV`]) that the runtime does not wait for. When the helper
+/// cannot be started, the veth is deleted here.
+fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let name = host_ifname(&env.container_id, &env.ifname);
+    let veth = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let host = Netlink::connect()?;
+            if let Some(link) = host.link_by_name(&name).await? {
+                if link
+                    .alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+                {
+                    host.set_down(&link).await?;
+                    if !spawn_reaper(&link) {
+                        // Removing the host end removes the pair, addresses and routes inside.
+                        host.delete_link_index(link.index, &link.name).await?;
+                    }
+                }
+            }
+            Ok::<_, CniError>(())
+        })
+    });
+    let addresses = ipam_del(env, conf, stdin);
+    veth.and(addresses)
+}
+
+/// Environment variable that makes `netbox-cni` a reaper: `INDEX:NAME` of a host veth to
+/// delete, once, if it is still a netbox-cni link by that index and name.
+pub const REAP_ENV: &str = "NETBOX_CNI_REAP";
+
+/// Starts a detached reaper for `link`: the plugin binary itself, in its own process group,
+/// with no stdio (a runtime waits for the plugin's stdout to close, so none may be inherited).
+fn spawn_reaper(link: &Link) -> bool {
+    let Ok(exe) = std::env::current_exe() else {
+        return false;
+    };
+    std::process::Command::new(exe)
+        .env_clear()
+        .env(REAP_ENV, format!("{}:{}", link.index, link.name))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .is_ok()
+}
+
+/// The reaper's work (see [`REAP_ENV`]). The index and the alias are checked again, so a link
+/// made since under the same name is never touched.
+pub fn reap(job: &str) -> Result<(), CniError> {
+    let (index, name) = job
+        .split_once(':')
+        .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n)))
+        .ok_or_else(|| CniError::env(format!("{REAP_ENV}: {job:?} is not INDEX:NAME")))?;
+    runtime()?.block_on(async {
+        let host = Netlink::connect()?;
+        if let Some(link) = host.link_by_index(index).await? {
+            let ours = link
+                .alias
+                .as_deref()
+                .is_some_and(|a| a.starts_with(ALIAS_PREFIX));
+            if ours && link.name == name {
+                host.delete_link_index(link.index, &link.name).await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn mismatch(msg: String) -> CniError {
+    CniError::new(code::CHECK_MISMATCH, msg)
+}
+
+/// CHECK: the interface, its addresses and routes, the host veth on its bridge, and the leases,
+/// against prevResult.
+fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
+    let (ns, ns_path) = netns_of(env, code::UNKNOWN_CONTAINER)?;
+    let host_name = host_ifname(&env.container_id, &env.ifname);
+    runtime()?.block_on(async {
+        let host = Netlink::connect()?;
+        let sandbox = Netlink::connect_in(&ns)?;
+        let (link, veth, bridge, routes) = futures::try_join!(
+            sandbox.link_by_name(&env.ifname),
+            host.link_by_name(&host_name),
+            host.link_by_name(&conf.bridge),
+            sandbox.routes()
+        )?;
+        let link = link.ok_or_else(|| {
+            mismatch(format!(
+                "interface \"{}\" not found in {ns_path}",
+                env.ifname
+            ))
+        })?;
+        let mine = prev
+            .interfaces
+            .iter()
+            .position(|i| i.name == env.ifname && i.sandbox.is_some());
+        if let Some(want) = mine.and_then(|i| prev.interfaces[i].mac.as_deref()) {
+            let have = link.mac_string().unwrap_or_default();
+            if !want.eq_ignore_ascii_case(&have) {
+                return Err(mismatch(format!(
+                    "interface \"{}\" has MAC {have}, prevResult says {want}",
+                    env.ifname
+                )));
+            }
+        }
+        let have: Vec<IpNetwork> = sandbox
+            .addresses(Some(link.index))
+            .await?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        let ips: Vec<&IpConfig> = prev
+            .ips
+            .iter()
+            .filter(|ip| ip.interface.is_none() || ip.interface == mine)
+            .collect();
+        for ip in &ips {
+            if !have.contains(&ip.address) {
+                return Err(mismatch(format!(
+                    "address {} is not on \"{}\"",
+                    ip.address, env.ifname
+                )));
+            }
+        }
+        for r in &prev.routes {
+            let found = routes.iter().any(|k| {
+                k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw || k.gateway.is_none())
+            });
+            if !found {
+                return Err(mismatch(format!(
+                    "route to {}{} is missing in {ns_path}",
+                    r.dst,
+                    r.gw.map(|g| format!(" via {g}")).unwrap_or_default()
+                )));
+            }
+        }
+        let veth =
+            veth.ok_or_else(|| mismatch(format!("host interface \"{host_name}\" not found")))?;
+        let bridge =
+            bridge.ok_or_else(|| mismatch(format!("bridge \"{}\" not found", conf.bridge)))?;
+        if !veth.up {
+            // DEL brings it down before a detached helper deletes it.
+            return Err(mismatch(format!("host interface \"{host_name}\" is down")));
+        }
+        if veth.controller != Some(bridge.index) {
+            return Err(mismatch(format!(
+                "host interface \"{host_name}\" is not a port of bridge \"{}\"",
+                conf.bridge
+            )));
+        }
+        match &conf.ipam {
+            Ipam::Builtin(cfg) => {
+                let leases = open_store(conf, cfg)?.leases_of(&owner(env))?;
+                for ip in ips
+                    .iter()
+                    .filter(|ip| cfg.set_of(ip.address.ip()).is_some())
+                {
+                    if !leases.iter().any(|l| l.ip == ip.address.ip()) {
+                        return Err(mismatch(format!(
+                            "address {} is not leased to container {} ({})",
+                            ip.address.ip(),
+                            env.container_id,
+                            env.ifname
+                        )));
+                    }
+                }
+                Ok(())
+            }
+            Ipam::Delegated { plugin } => delegate::exec(plugin, "CHECK", env, stdin).map(|_| ()),
+            Ipam::None => Ok(()),
+        }
+    })
+}
+
+/// GC: every attachment of this network not in the valid list loses its veth and leases.
+fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let keep: HashSet<String> = conf
+        .valid_attachments
+        .iter()
+        .map(|(id, ifname)| host_ifname(id, ifname))
+        .collect();
+    let prefix = format!("{ALIAS_PREFIX}{}:", conf.name);
+    let veths = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let host = Netlink::connect()?;
+            let mut first_error = None;
+            for link in host.links().await? {
+                let ours = link
+                    .alias
+                    .as_deref()
+                    .is_some_and(|a| a.starts_with(&prefix));
+                if ours && !keep.contains(&link.name) {
+                    if let Err(e) = host.delete_link_index(link.index, &link.name).await {
+                        first_error.get_or_insert(CniError::from(e));
+                    }
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+    });
+    let leases = match &conf.ipam {
+        Ipam::Builtin(cfg) => {
+            let valid: Vec<Owner> = conf
+                .valid_attachments
+                .iter()
+                .map(|(id, ifname)| Owner::Cni {
+                    container_id: id.clone(),
+                    ifname: ifname.clone(),
+                })
+                .collect();
+            open_store(conf, cfg)?
+                .gc(&valid)
+                .map(|_| ())
+                .map_err(CniError::from)
+        }
+        Ipam::Delegated { plugin } => {
+            // Older IPAM plugins (host-local before 1.2) do not know GC: not a failure of ours.
+            if let Err(e) = delegate::exec(plugin, "GC", env, stdin) {
+                tracing::warn!(%e, "delegated IPAM GC");
+            }
+            Ok(())
+        }
+        Ipam::None => Ok(()),
+    };
+    veths.and(leases)
+}
+
+/// STATUS: 50 when an ADD would fail for want of addresses or of a bridge.
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let bridge = runtime()?.block_on(async {
+        let host = Netlink::connect()?;
+        Ok::<_, CniError>(host.link_by_name(&conf.bridge).await?)
+    })?;
+    if let Some(b) = bridge.filter(|b| b.kind.as_deref() != Some("bridge")) {
+        return Err(CniError::new(
+            code::NOT_AVAILABLE,
+            format!(
+                "bridge \"{}\" cannot be made: the name is taken by a {}",
+                b.name,
+                b.kind.as_deref().unwrap_or("device of unknown kind")
+            ),
+        ));
+    }
+    if let Ipam::Builtin(cfg) = &conf.ipam {
+        let leases = open_store(conf, cfg)?.leases()?;
+        for (i, set) in cfg.range_sets.iter().enumerate() {
+            let used = leases
+                .iter()
+                .filter(|l| cfg.set_of(l.ip) == Some(i))
+                .count() as u128;
+            if used >= capacity(set) {
+                return Err(CniError::new(
+                    code::NOT_AVAILABLE,
+                    format!(
+                        "network \"{}\": no free address left in {}",
+                        conf.name,
+                        set.iter()
+                            .map(Range::describe)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Addresses a range set can hand out: its size less the reserved addresses inside it (the
+/// network, broadcast and gateway addresses can only sit at its ends or be the gateway).
+fn capacity(set: &[Range]) -> u128 {
+    set.iter()
+        .map(|r| {
+            let mut reserved: Vec<IpAddr> = [Some(r.range_start), Some(r.range_end), r.gateway]
+                .into_iter()
+                .flatten()
+                .filter(|ip| r.contains(*ip) && r.is_reserved(*ip))
+                .collect();
+            reserved.dedup();
+            reserved.sort();
+            reserved.dedup();
+            r.size().saturating_sub(reserved.len() as u128)
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_stable_short_and_distinct() {
+        let a = host_ifname("abc", "eth0");
+        assert_eq!(a, host_ifname("abc", "eth0"));
+        assert_eq!(a.len(), 15);
+        assert_ne!(a, host_ifname("abc", "eth1"));
+        assert_ne!(a, host_ifname("abd", "eth0"));
+        // The separator keeps ("ab", "ceth0") apart from ("abc", "eth0").
+        assert_ne!(host_ifname("ab", "ceth0"), a);
+        crate::netlink::validate_ifname(&a).expect("valid name");
+    }
+
+    #[test]
+    fn aliases_fit_the_kernel_limit() {
+        let long = host_alias(&"n".repeat(200), &"c".repeat(128), "eth0");
+        assert_eq!(long.len(), MAX_ALIAS);
+        assert!(long.starts_with(&format!("{ALIAS_PREFIX}{}:", "n".repeat(200))));
+    }
+
+    #[test]
+    fn capacity_leaves_out_gateway_network_and_broadcast() {
+        let r = Range::new("10.0.0.0/29".parse().expect("cidr"), None, None, None).expect("range");
+        // .1-.6 minus the gateway .1
+        assert_eq!(capacity(&[r]), 5);
+    }
+}
