@@ -7,13 +7,14 @@
 //! Runs as root inside a private network + mount namespace: bridges, namespaces and leases never
 //! reach the real host. `cargo bench --bench cni [-- N]` (N cycles, default 50).
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use common::{ms, private_host};
 
 const REFERENCE_DIR: &str = "/usr/lib/cni";
 
@@ -149,46 +150,4 @@ fn call(p: &Plugin, command: &str, id: &str, netns: &str, stdin: &str) -> (Durat
 fn stats(v: &mut [Duration]) -> (Duration, Duration) {
     v.sort();
     (v[v.len() / 2], v[(v.len() * 9 / 10).min(v.len() - 1)])
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Moves this process into fresh network + mount namespaces with private state.
-fn private_host() {
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare net+mount");
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .expect("make / private");
-    for dir in ["/run/netns", "/run/netbox", "/var/lib/netbox"] {
-        std::fs::create_dir_all(dir).expect("mount point");
-        mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("private tmpfs");
-    }
-    // sysfs shows the links of the namespace that mounted it.
-    mount(
-        Some("sysfs"),
-        "/sys",
-        Some("sysfs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .expect("private /sys");
-    let up = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .expect("ip");
-    assert!(up.success());
 }

@@ -560,26 +560,32 @@ fn interactive_shell_works_on_a_terminal() {
     assert!(!text.contains("no job control"), "{text}");
 }
 
+/// A CNI configuration directory holding one conflist, for NETBOX_CNI_CONF_DIR.
+fn conf_dir(conflist: serde_json::Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = conflist["name"].as_str().expect("conflist name");
+    std::fs::write(
+        dir.path().join(format!("{name}.conflist")),
+        conflist.to_string(),
+    )
+    .expect("write conflist");
+    dir
+}
+
 #[test]
 fn network_names_a_cni_conflist() {
     if !private_host("run::network_names_a_cni_conflist") {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("10-web.conflist"),
-        serde_json::json!({
+    let dir = conf_dir(serde_json::json!({
             "cniVersion": "1.0.0", "name": "web",
             "plugins": [{"type": "bridge", "bridge": "br-web", "isGateway": true,
                          "isDefaultGateway": true, "mtu": 1400,
                          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.42.0.0/24",
                                   "rangeStart": "10.42.0.100", "rangeEnd": "10.42.0.120"}]],
                                   "routes": [{"dst": "192.0.2.0/24"}]}},
-                        {"type": "portmap", "capabilities": {"portMappings": true}}]
-        })
-        .to_string(),
-    )
-    .expect("write conflist");
+                    {"type": "portmap", "capabilities": {"portMappings": true}}]
+    }));
     let out = run_command(
         &["--network", "web"],
         &["sh", "-c", "ip -j addr show eth0; echo ---; ip -j route"],
@@ -677,18 +683,12 @@ fn attach_failing_inside_the_sandbox_rolls_back_veth_and_lease() {
     }
     // The route's gateway is on no connected network: the kernel refuses it after the veth,
     // the address and the link state were already set.
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("bad-route.conflist"),
-        serde_json::json!({
+    let dir = conf_dir(serde_json::json!({
             "cniVersion": "1.0.0", "name": "badroute",
             "plugins": [{"type": "bridge", "bridge": "br-bad", "isGateway": true,
                          "ipam": {"type": "host-local", "subnet": "10.43.0.0/24",
                                   "routes": [{"dst": "192.0.2.0/24", "gw": "198.51.100.1"}]}}]
-        })
-        .to_string(),
-    )
-    .expect("write conflist");
+    }));
     let out = run_command(&["--network", "badroute"], &["true"])
         .env("NETBOX_CNI_CONF_DIR", dir.path())
         .output()

@@ -37,6 +37,15 @@ pub fn private_host() {
         )
         .expect("private tmpfs");
     }
+    // sysfs shows the links of the namespace that mounted it.
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("private /sys");
     let up = Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status()
