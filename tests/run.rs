@@ -291,6 +291,19 @@ fn exit_status_and_signals_pass_through() {
     assert_eq!(child.wait().expect("wait").code(), Some(129));
 }
 
+/// Kills a running `netbox run` with SIGKILL and waits until its CMD and veth are gone.
+fn sigkill_and_see_cmd_die(netbox: &mut Child) {
+    let cmd = sh(&format!("cat /proc/{}/task/*/children", netbox.id()));
+    assert!(!cmd.trim().is_empty(), "netbox has no CMD child");
+    netbox.kill().expect("SIGKILL netbox");
+    netbox.wait().expect("reap");
+    eventually("CMD to die", || {
+        cmd.split_whitespace()
+            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
+    eventually("the veth to go", || host_veths().is_empty());
+}
+
 #[test]
 fn sigkill_of_netbox_leaves_nothing_behind() {
     if !private_host("run::sigkill_of_netbox_leaves_nothing_behind") {
@@ -299,16 +312,8 @@ fn sigkill_of_netbox_leaves_nothing_behind() {
     let (mut child, mut out) = start(&[], &["sh", "-c", "echo ready; exec sleep 300"]);
     wait_line(&mut out, "ready");
     assert_eq!(host_veths().len(), 1);
-    let sleeper = sh(&format!("cat /proc/{}/task/*/children", child.id()));
-    child.kill().expect("SIGKILL netbox");
-    child.wait().expect("reap");
     // CMD dies with netbox, the namespace with CMD, the veth with the namespace.
-    eventually("CMD to die", || {
-        sleeper
-            .split_whitespace()
-            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-    });
-    eventually("the veth to go", || host_veths().is_empty());
+    sigkill_and_see_cmd_die(&mut child);
     assert!(std::fs::read_dir("/run/netns")
         .map(|d| d.count() == 0)
         .unwrap_or(true));
@@ -717,15 +722,6 @@ fn command_run_as_another_user_still_dies_with_netbox() {
     out.read_line(&mut uid).expect("uid");
     assert_eq!(uid.trim(), "65534");
     wait_line(&mut out, "ready");
-    let sleeper = sh(&format!("cat /proc/{}/task/*/children", child.id()));
-    assert!(!sleeper.trim().is_empty());
-    child.kill().expect("SIGKILL netbox");
-    child.wait().expect("reap");
     // Changing credentials clears PDEATHSIG; netbox arms it again after the switch.
-    eventually("CMD to die", || {
-        sleeper
-            .split_whitespace()
-            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
-    });
-    eventually("the veth to go", || host_veths().is_empty());
+    sigkill_and_see_cmd_die(&mut child);
 }
