@@ -47,9 +47,13 @@ pub fn private_host(test_path: &str) -> bool {
         skip(test_path, &reason);
         return false;
     }
-    // Show what the inner run printed, so failures read as if the test had run here.
+    // Show what the inner run printed, so failures read as if the test had run here; skips
+    // inside are repeated where they cannot be captured.
     print!("{stdout}");
     eprint!("{stderr}");
+    for line in stderr.lines().filter(|l| l.starts_with("SKIPPED ")) {
+        loud(line);
+    }
     assert!(
         out.status.success(),
         "{test_path} failed inside its private host ({})",
@@ -63,8 +67,13 @@ pub fn private_host(test_path: &str) -> bool {
 }
 
 /// True when the current process is root in the initial user namespace (CI runs as root).
+/// Inside a rootless private host the test is uid 0 too, but of a user namespace that maps
+/// only the invoking user: that is not root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .map(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+            .unwrap_or(false)
 }
 
 /// Prints SKIPPED loudly, or fails when running under CI.
@@ -72,12 +81,14 @@ pub fn skip(test_path: &str, reason: &str) {
     if std::env::var_os("CI").is_some() {
         panic!("{test_path}: would be SKIPPED under CI ({reason}); CI must not skip tests");
     }
-    let line = format!("SKIPPED {test_path}: {reason}");
-    eprintln!(
-        "\n{}\n{line}\n{}",
-        "!".repeat(line.len()),
-        "!".repeat(line.len())
-    );
+    loud(&format!("SKIPPED {test_path}: {reason}"));
+}
+
+/// Writes a framed line to the real stderr: libtest captures `eprintln!` of passing tests, and
+/// a skip must never go unseen.
+fn loud(line: &str) {
+    let bar = "!".repeat(line.len());
+    let _ = std::io::stderr().write_all(format!("\n{bar}\n{line}\n{bar}\n").as_bytes());
 }
 
 fn run_inside(test_path: &str) -> Output {
