@@ -772,7 +772,9 @@ fn child_setup(p: &Prepared) -> io::Result<[RawFd; 2]> {
                 check(5, libc::unshare(flags))?;
             }
             ChildNet::New => {
-                check(STAGE_NEW_NET, libc::unshare(libc::CLONE_NEWNET | flags))?;
+                // The network namespace alone first: the parent waits for it, and copying the
+                // mount table (CLONE_NEWNS) can follow while the parent wires the network.
+                check(STAGE_NEW_NET, libc::unshare(libc::CLONE_NEWNET))?;
                 match send_network(p.chan) {
                     // The parent already sent the start message and closed its end: it did not
                     // want the handles (loopback-only sandboxes).
@@ -780,6 +782,7 @@ fn child_setup(p: &Prepared) -> io::Result<[RawFd; 2]> {
                     other => other.map_err(|e| fail(STAGE_NEW_NET, e))?,
                 }
                 loopback_up().map_err(|e| fail(4, e))?;
+                check(5, libc::unshare(flags))?;
             }
             ChildNet::Rootless { uid_map, gid_map } => {
                 check(
