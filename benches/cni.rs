@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ms, private_host};
+use common::{ms, private_host, require_root, samples};
 
 const REFERENCE_DIR: &str = "/usr/lib/cni";
 
@@ -28,12 +28,8 @@ struct Plugin {
 const OPS: [&str; 4] = ["ADD", "CHECK", "DEL", "VERSION"];
 
 fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(50);
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("cni bench: needs root (it builds bridges); skipped");
+    let n = samples(50);
+    if !require_root("cni") {
         return;
     }
     if !Path::new(REFERENCE_DIR).join("bridge").exists() {

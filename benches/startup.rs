@@ -9,15 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{median, ms, p90, private_host, time_command as time};
+use common::{median, ms, p90, private_host, require_root, samples, time_command as time};
 
 fn main() {
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(50);
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("startup bench: needs root (it builds bridges); skipped");
+    let n = samples(50);
+    if !require_root("startup") {
         return;
     }
     private_host();

@@ -1,9 +1,11 @@
 //! The one operation every front end shares: attach a sandbox's network namespace to a bridge
-//! network (bridge + veth + addresses + routes), and detach it.
+//! network (bridge + veth + addresses + routes), in two halves: [`ensure_bridge`] (shared by all
+//! sandboxes of the network) and [`attach_to_bridge`] (one veth).
 //!
-//! `attach` undoes every step it made when a later one fails, so a failed attach leaves the host
-//! as it found it (apart from the bridge, which is shared and kept, as the reference plugin
-//! does). `detach` is idempotent and keeps going past failures, reporting all of them.
+//! An attachment undoes every step it made when a later one fails, so a failed attach leaves
+//! the host as it found it (apart from the bridge, which is shared and kept, as the reference
+//! plugin does). Detaching is removing the host end of the veth, or letting the namespace die
+//! (`netbox run`); the CNI DEL does the former and keeps going past failures.
 
 use std::net::IpAddr;
 
@@ -39,19 +41,6 @@ pub struct Attachment {
     pub sandbox: Link,
     pub addresses: Vec<IpNetwork>,
     pub gateways: Vec<IpAddr>,
-}
-
-/// Attaches the namespace `ns` (reached through `sandbox`, a connection inside it) to
-/// `network`, whose bridge lives where `host` is connected.
-pub async fn attach(
-    host: &Netlink,
-    sandbox: &Netlink,
-    ns: &NetNs,
-    network: &NetworkSpec,
-    spec: &AttachSpec,
-) -> Result<Attachment> {
-    let bridge = ensure_bridge(host, network, None).await?;
-    attach_to_bridge(host, sandbox, ns, network, &bridge, spec).await
 }
 
 /// The host half of an attachment, shared by all sandboxes of a network: the bridge, up, with
@@ -161,12 +150,6 @@ async fn configure_sandbox(
     let mut link = link;
     link.up = true;
     Ok((link, gateways))
-}
-
-/// Detaches by removing the host end of the veth (which removes the pair). Idempotent.
-pub async fn detach(host: &Netlink, host_ifname: &str) -> Result<()> {
-    host.delete_link(host_ifname).await?;
-    Ok(())
 }
 
 /// A fresh host-side veth name: "nbx" and 8 random hex digits. Names are never reused right

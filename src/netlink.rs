@@ -3,8 +3,9 @@
 //! nearly every minor release, and this keeps the blast radius to one file.
 //!
 //! A [`Netlink`] talks to the namespace its socket was created in. For a sandbox, the socket is
-//! opened once on the thread that created the namespace (see `NetNs::create_with`), so the
-//! sandbox is configured without any further namespace switch. Connections must be made inside
+//! opened once inside the namespace (by the `netbox run` child that created it and passes it
+//! back, or on a short-lived thread: [`Netlink::connect_in`]), so the sandbox is configured
+//! without any further namespace switch. Connections must be made inside
 //! a tokio runtime, whose task drives the socket.
 
 use std::io;

@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use caps::{CapSet, Capability};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use thiserror::Error;
@@ -311,11 +311,6 @@ enum ChildNet {
     Rootless { uid_map: CString, gid_map: CString },
 }
 
-/// Starts CMD in its sandbox with its private files.
-pub fn spawn(spec: &SandboxSpec, files: &PrivateFiles) -> Result<Sandboxed> {
-    prepare(spec)?.start(files)
-}
-
 /// A child forked and set up (namespaces made or joined, privileges still held) that waits for
 /// [`Pending::start`] before it mounts its private files, drops privileges and execs CMD.
 /// Forking first lets the child's set-up (creating a network namespace costs about half a
@@ -430,10 +425,6 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Pending> {
 }
 
 impl Pending {
-    pub fn pid(&self) -> u32 {
-        self.pid.as_raw() as u32
-    }
-
     /// For [`NetSetup::New`]: waits for the child's new network namespace and returns a handle
     /// on it and a netlink socket opened inside it, so that the parent configures it without
     /// ever entering it.
@@ -1020,10 +1011,6 @@ fn loopback_up() -> io::Result<()> {
 }
 
 impl Sandboxed {
-    pub fn pid(&self) -> u32 {
-        self.pid.as_raw() as u32
-    }
-
     /// Waits for CMD, forwarding signals to it, and returns its exit code (128+N when signal N
     /// killed it). Signals a terminal sent to the whole foreground process group already reached
     /// CMD when it shares netbox's group, so those are not sent twice.
@@ -1071,17 +1058,6 @@ impl Sandboxed {
     fn shares_our_process_group(&self) -> bool {
         nix::unistd::getpgid(Some(self.pid)).ok() == Some(nix::unistd::getpgrp())
     }
-}
-
-/// Unblocks the signals blocked by [`block_forwarded_signals`] (for callers that go on after
-/// the sandbox ended).
-pub fn unblock_forwarded_signals() -> Result<()> {
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&waited_set()), None).map_err(
-        |source| ProcessError::Sys {
-            what: "unblocking signals",
-            source,
-        },
-    )
 }
 
 #[cfg(test)]

@@ -8,6 +8,23 @@ use std::time::{Duration, Instant};
 use nix::mount::{mount, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 
+/// The sample count: the first numeric argument, else `default`.
+pub fn samples(default: usize) -> usize {
+    std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+/// False (after saying so) when not root: benchmarks that build bridges need it.
+pub fn require_root(bench: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("{bench} bench: needs root (it builds bridges); skipped");
+    }
+    root
+}
+
 /// Moves this process into fresh network + mount namespaces with private netbox state (and
 /// /run/netns), so a benchmark's bridges, namespaces and leases never reach the real host.
 /// Call it first, while the process has one thread.
