@@ -539,14 +539,20 @@ impl Netlink {
             .map_err(|e| request_error(format!("setting hairpin mode on \"{}\"", port.name), e))
     }
 
-    /// Brings a link down.
+    /// Brings a link down. A link already gone counts as down.
     pub async fn set_down(&self, link: &Link) -> Result<()> {
-        self.handle
+        match self
+            .handle
             .link()
             .set(LinkUnspec::new_with_index(link.index).down().build())
             .execute()
             .await
-            .map_err(|e| request_error(format!("bringing \"{}\" down", link.name), e))
+        {
+            Ok(()) => Ok(()),
+            // Gone already (its namespace died in between): as down as it gets, as for delete.
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(request_error(format!("bringing \"{}\" down", link.name), e)),
+        }
     }
 
     /// Sets or clears IFF_PROMISC on a link.
