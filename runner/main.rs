@@ -11,6 +11,8 @@ use ipnetwork::IpNetwork;
 
 use netbox::sandbox::{self, NetMode, RunSpec};
 
+mod ns;
+
 /// Network sandboxes on Linux namespaces.
 #[derive(Parser)]
 #[command(name = "netbox", version, about, propagate_version = true)]
@@ -23,6 +25,18 @@ struct Cli {
 enum Command {
     /// Run a command in a fresh network namespace attached to a bridge network.
     Run(RunArgs),
+    /// Persistent named sandboxes (visible to `ip netns`).
+    #[command(subcommand)]
+    Ns(ns::NsCommand),
+    /// Run a command in a named sandbox.
+    Exec(ns::ExecArgs),
+    /// List the sandboxes netbox owns, and leases whose owner is gone.
+    Ls(ns::LsArgs),
+    /// Remove what netbox made whose owner is gone (after crashes).
+    Gc(ns::GcArgs),
+    /// The networks netbox knows.
+    #[command(subcommand)]
+    Network(ns::NetworkCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +92,9 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
+    /// Name the sandbox (/run/netns/NAME, `netbox exec NAME`) while it lives.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -136,6 +153,11 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Run(args) => run(args),
+        Command::Ns(cmd) => ns::ns(cmd),
+        Command::Exec(args) => ns::exec(args),
+        Command::Ls(args) => ns::ls(args),
+        Command::Gc(args) => ns::gc(args),
+        Command::Network(cmd) => ns::network(cmd),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(125))
 }
@@ -171,6 +193,7 @@ fn run(args: RunArgs) -> i32 {
         cwd: args.cwd,
         keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
         user,
+        name: args.name,
     };
     match sandbox::run(spec) {
         Ok(code) => code,

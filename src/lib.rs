@@ -10,11 +10,14 @@ pub mod attach;
 pub mod cni;
 pub mod dns;
 pub mod error;
+pub mod gc;
 pub mod ipam;
+pub mod named;
 pub mod netlink;
 pub mod netns;
 pub mod network;
 pub mod process;
 pub mod sandbox;
+pub mod state;
 
 pub use error::{Error, Result};

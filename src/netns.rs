@@ -285,6 +285,51 @@ pub fn create_named(name: &str) -> Result<NetNs> {
     NetNs::open(&path)
 }
 
+/// Gives an existing namespace a name under /run/netns (as `ip netns attach NAME PID` does):
+/// fails if the name is taken.
+pub fn bind_named(name: &str, ns: &NetNs) -> Result<()> {
+    validate_name(name)?;
+    prepare_run_dir()?;
+    let path = named_path(name);
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => NetnsError::Exists {
+                name: name.to_string(),
+            },
+            _ => NetnsError::Io {
+                what: "creating namespace mount point",
+                path: path.clone(),
+                source,
+            },
+        })?;
+    let source = format!("/proc/self/fd/{}", ns.fd.as_raw_fd());
+    if let Err(source) = mount(
+        Some(source.as_str()),
+        &path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        let _ = std::fs::remove_file(&path);
+        return Err(NetnsError::Mount {
+            what: "bind-mounting the namespace onto",
+            path,
+            source,
+        });
+    }
+    Ok(())
+}
+
+/// The nsfs inode of the namespace named `name`, None when the name is absent or is not a
+/// mounted namespace.
+pub fn named_inode(name: &str) -> Option<u64> {
+    NetNs::open(&named_path(name)).ok()?.inode().ok()
+}
+
 /// Deletes a named namespace (unmount + unlink). Idempotent: a missing name is success. The
 /// namespace itself lives on while processes or handles still use it.
 pub fn delete_named(name: &str) -> Result<()> {

@@ -181,6 +181,61 @@ pub fn resolve(name: &str, dirs: &[PathBuf], subnet: Option<IpNetwork>) -> Resul
     )))
 }
 
+/// A network netbox knows of (`netbox network ls`).
+#[derive(Debug)]
+pub struct KnownNetwork {
+    pub name: String,
+    /// The conflist (None for the built-in network).
+    pub source: Option<PathBuf>,
+    /// The network, or why netbox cannot run it (not a bridge network, invalid).
+    pub spec: Result<NetworkSpec>,
+}
+
+/// The built-in network, then every conflist in `dirs` (the first file of each name wins, as in
+/// [`resolve`]).
+pub fn list(dirs: &[PathBuf]) -> Vec<KnownNetwork> {
+    let mut out = vec![KnownNetwork {
+        name: DEFAULT_NETWORK.into(),
+        source: None,
+        spec: NetworkSpec::builtin(None),
+    }];
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("conflist" | "conf" | "json")
+                )
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            let Ok(conf) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            let Some(name) = conf.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            if out.iter().any(|k| k.name == name) {
+                continue;
+            }
+            out.push(KnownNetwork {
+                name: name.into(),
+                spec: from_conflist(&conf, &file),
+                source: Some(file),
+            });
+        }
+    }
+    out
+}
+
 /// Reads the bridge plugin of a conflist (or a single-plugin conf).
 pub fn from_conflist(conf: &Value, path: &Path) -> Result<NetworkSpec> {
     let name = conf

@@ -50,6 +50,8 @@ pub struct RunSpec {
     pub cwd: Option<PathBuf>,
     pub keep_caps: Vec<caps::Capability>,
     pub user: Option<UserSpec>,
+    /// `--name`: the sandbox appears as /run/netns/NAME while it lives.
+    pub name: Option<String>,
 }
 
 /// True when netbox can build bridge networks: it needs CAP_NET_ADMIN for netlink and
@@ -65,6 +67,9 @@ pub fn privileged() -> bool {
 pub fn run(spec: RunSpec) -> Result<i32> {
     process::block_forwarded_signals()?;
     match &spec.net {
+        NetMode::None if spec.name.is_some() => Err(Error::Config(
+            "--name needs a bridge network (--net bridge)".into(),
+        )),
         NetMode::None if !privileged() => exec(&spec, NetSetup::NewRootless),
         // The child makes its namespace and brings loopback up itself.
         NetMode::None => exec(&spec, NetSetup::New),
@@ -89,6 +94,11 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     // path lookups here stall, reading /proc/self/stat for half a millisecond.
     let store = Store::open(&data_dir(network), &network.name)?;
     let owner = Owner::current_process()?;
+    if let Some(name) = &spec.name {
+        crate::netns::validate_name(name)?;
+    }
+    // Named sandboxes of runs that were killed: their namespace mounts would keep them alive.
+    crate::gc::reap_dead_runs();
     // Then fork: the child creates the namespace (about half a millisecond in the kernel)
     // while this process checks the host and allocates addresses.
     let mut child = process::prepare(&sandbox_spec(spec, NetSetup::New))?;
@@ -123,15 +133,26 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
             routes: network.ipam.routes.iter().map(|r| (r.dst, r.gw)).collect(),
             mtu: spec.mtu,
             mac: spec.mac,
-            owner: format!("netbox:{}:pid{}", network.name, std::process::id()),
+            owner: crate::state::alias(&network.name, &owner)?,
         };
         let attached: Attachment =
             attach::attach_to_bridge(&host, &sandbox, &ns, network, &bridge, &attach_spec).await?;
-        Ok::<_, Error>(attached)
+        let named = match &spec.name {
+            Some(name) => Some(crate::named::publish_run(
+                name,
+                network,
+                &owner,
+                &ns,
+                &attach_spec.host_ifname,
+                &attached.addresses,
+            )?),
+            None => None,
+        };
+        Ok::<_, Error>((attached, named))
     });
     // The runtime and its sockets are gone here: only the child holds the namespace, which
     // dies with CMD and takes the veth with it.
-    let attached = match wired {
+    let (attached, named) = match wired {
         Ok(a) => a,
         Err(e) => {
             drop(child); // kills the waiting child, and with it the namespace
@@ -143,6 +164,9 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     let ips: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
     let result = start_and_wait(child, &private_files(spec, &ips));
     phase("command ended");
+    if let Some(record) = named {
+        crate::named::unpublish_run(&record);
+    }
     if let Err(e) = store.release(&owner) {
         tracing::warn!(%e, "releasing the lease failed; the next run reclaims it");
     }
@@ -150,7 +174,7 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     result
 }
 
-fn allocate(
+pub(crate) fn allocate(
     store: &Store,
     network: &NetworkSpec,
     owner: &Owner,
@@ -177,6 +201,15 @@ fn allocate(
     let requested: Vec<IpAddr> = ips.iter().map(|i| i.ip()).collect();
     let leases = store.allocate(&network.ipam, owner, &requested)?;
     Ok(leases.into_iter().map(|a| a.address).collect())
+}
+
+/// Runs the command in an existing namespace (`netbox exec`), with the same private files,
+/// hostname, capabilities and exit codes as `netbox run`; `addrs` name the host in its hosts
+/// file. Call it from the main thread before any other thread exists.
+pub fn exec_in(spec: &RunSpec, ns: &NetNs, addrs: &[IpAddr]) -> Result<i32> {
+    process::block_forwarded_signals()?;
+    let child = process::prepare(&sandbox_spec(spec, NetSetup::Join(ns.try_clone_fd()?)))?;
+    start_and_wait(child, &private_files(spec, addrs))
 }
 
 fn exec(spec: &RunSpec, net: NetSetup) -> Result<i32> {
@@ -228,7 +261,7 @@ fn host_hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-fn data_dir(network: &NetworkSpec) -> PathBuf {
+pub fn data_dir(network: &NetworkSpec) -> PathBuf {
     network
         .ipam
         .data_dir
@@ -236,7 +269,7 @@ fn data_dir(network: &NetworkSpec) -> PathBuf {
         .unwrap_or_else(crate::ipam::store::default_data_dir)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()

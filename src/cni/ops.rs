@@ -23,6 +23,7 @@ use crate::ipam::{IpamConfig, Owner, Range, Store};
 use crate::netlink::{Link, Netlink};
 use crate::netns::NetNs;
 use crate::network::NetworkSpec;
+use crate::state;
 
 /// What every host veth alias of netbox-cni starts with.
 pub const ALIAS_PREFIX: &str = "netbox-cni:";
@@ -206,11 +207,78 @@ fn ipam_del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
 
 fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
     let start = std::time::Instant::now();
-    let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
     let (ns, ns_path) = netns_of(env, code::INVALID_ENVIRONMENT)?;
+    // gc waits while an ADD is at work, and the record says what this one makes before it
+    // makes anything (see `state`).
+    let _lock = state::Lock::shared().map_err(io_failure)?;
+    let previous = state::load_cni(&owner(env)).ok().flatten();
+    let mut record = cni_record(env, conf, &ns, &ns_path)?;
+    record.save().map_err(io_failure)?;
+    let added = add_recorded(env, conf, stdin, &ns, &ns_path, start);
+    let kept = match &added {
+        Ok(result) => {
+            record.phase = state::Phase::Ready;
+            record.addresses = result.ips.iter().map(|i| i.address.to_string()).collect();
+            record.save()
+        }
+        // A failed ADD leaves nothing, or the earlier attachment of the same container.
+        Err(_) => match previous {
+            Some(previous) => previous.save(),
+            None => record.remove(),
+        },
+    };
+    if let Err(e) = kept {
+        tracing::warn!(%e, "updating the attachment's record");
+    }
+    added
+}
+
+fn io_failure(e: crate::Error) -> CniError {
+    CniError::new(code::IO_FAILURE, e.to_string())
+}
+
+fn cni_record(
+    env: &Env,
+    conf: &NetConf,
+    ns: &NetNs,
+    ns_path: &str,
+) -> Result<state::Record, CniError> {
+    let owner = owner(env);
+    Ok(state::Record {
+        kind: state::Kind::Cni,
+        name: owner.key()?,
+        network: conf.name.clone(),
+        data_dir: match &conf.ipam {
+            Ipam::Builtin(cfg) => data_dir(cfg),
+            _ => crate::ipam::store::default_data_dir(),
+        },
+        owner,
+        phase: state::Phase::Creating,
+        writer: Owner::current_process()?,
+        netns: PathBuf::from(ns_path),
+        netns_inode: Some(
+            ns.inode()
+                .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string()))?,
+        ),
+        host_ifname: host_ifname(&env.container_id, &env.ifname),
+        addresses: vec![],
+        created: state::now(),
+    })
+}
+
+fn add_recorded(
+    env: &Env,
+    conf: &NetConf,
+    stdin: &[u8],
+    ns: &NetNs,
+    ns_path: &str,
+    start: std::time::Instant,
+) -> Result<CniResult, CniError> {
+    let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
+    let ns_path = ns_path.to_string();
     runtime()?.block_on(async {
         let host = Netlink::connect()?;
-        let sandbox = Netlink::connect_in(&ns)?;
+        let sandbox = Netlink::connect_in(ns)?;
         phase("connected");
         let host_ifname = host_ifname(&env.container_id, &env.ifname);
         let alias = host_alias(&conf.name, &env.container_id, &env.ifname);
@@ -273,7 +341,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
             conf,
             &host,
             &sandbox,
-            &ns,
+            ns,
             &ns_path,
             bridge,
             &addressing,
@@ -468,6 +536,7 @@ fn chain(prev: &CniResult, mut ours: CniResult) -> CniResult {
 /// cannot be started, the veth is deleted here.
 fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     let name = host_ifname(&env.container_id, &env.ifname);
+    let _lock = state::Lock::shared().map_err(io_failure)?;
     let veth = runtime().and_then(|rt| {
         rt.block_on(async {
             let host = Netlink::connect()?;
@@ -488,7 +557,19 @@ fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         })
     });
     let addresses = ipam_del(env, conf, stdin);
-    veth.and(addresses)
+    let result = veth.and(addresses);
+    if result.is_ok() {
+        // Once the attachment is gone; a DEL that failed is retried by the runtime, or the
+        // record lets gc finish it.
+        if let Ok(key) = owner(env).key() {
+            if let Err(e) = std::fs::remove_file(state::record_path(state::Kind::Cni, &key)) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(%e, "removing the attachment's record");
+                }
+            }
+        }
+    }
+    result
 }
 
 /// Environment variable that makes `netbox-cni` a reaper: `INDEX:NAME` of a host veth to

@@ -77,6 +77,8 @@ pub enum Owner {
     /// A `netbox run` process, told apart from a later process with the same pid by its start
     /// time.
     Process { pid: u32, start_time: u64 },
+    /// A named sandbox (`netbox ns add NAME`): alive until `netbox ns del NAME`.
+    Named { name: String },
 }
 
 impl std::fmt::Display for Owner {
@@ -87,6 +89,7 @@ impl std::fmt::Display for Owner {
                 ifname,
             } => write!(f, "container {container_id} ({ifname})"),
             Owner::Process { pid, .. } => write!(f, "netbox run (pid {pid})"),
+            Owner::Named { name } => write!(f, "sandbox {name}"),
         }
     }
 }
@@ -104,9 +107,20 @@ impl Owner {
     /// time). CNI owners are alive until the runtime says otherwise (DEL or GC).
     pub fn is_alive(&self) -> bool {
         match self {
-            Owner::Cni { .. } => true,
+            Owner::Cni { .. } | Owner::Named { .. } => true,
             Owner::Process { pid, start_time } => process_start_time(*pid) == Some(*start_time),
         }
+    }
+
+    /// A stable string naming the owner (its index name: `cni/<container>+<ifname>`,
+    /// `proc/<pid>.<start time>` or `named/<name>`), for records kept outside the store.
+    pub fn key(&self) -> Result<String> {
+        self.index_name()
+    }
+
+    /// The owner a [`Owner::key`] stands for.
+    pub fn from_key(key: &str) -> Option<Owner> {
+        Owner::from_index_name(key)
     }
 
     /// The owner's index, relative to `owners/`: `cni/<container>+<ifname>` or
@@ -136,6 +150,14 @@ impl Owner {
                 Ok(name)
             }
             Owner::Process { pid, start_time } => Ok(format!("proc/{pid}.{start_time}")),
+            Owner::Named { name } => {
+                if name.is_empty() || name.len() > MAX_FILE_NAME / 3 {
+                    return Err(IpamError::BadOwner(format!("sandbox name {name:?}")));
+                }
+                let mut index = String::from("named/");
+                escape(name, &mut index);
+                Ok(index)
+            }
         }
     }
 
@@ -146,6 +168,11 @@ impl Owner {
             return Some(Owner::Cni {
                 container_id: unescape(id)?,
                 ifname: unescape(ifname)?,
+            });
+        }
+        if let Some(file) = name.strip_prefix("named/") {
+            return Some(Owner::Named {
+                name: unescape(file)?,
             });
         }
         let (pid, start_time) = name.strip_prefix("proc/")?.split_once('.')?;
@@ -232,7 +259,7 @@ impl Store {
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
         validate_network_name(network)?;
         let dir = data_dir.join(network);
-        for sub in ["leases", "owners/cni", "owners/proc", "tmp"] {
+        for sub in ["leases", "owners/cni", "owners/proc", "owners/named", "tmp"] {
             let path = dir.join(sub);
             DirBuilder::new()
                 .recursive(true)
@@ -407,6 +434,8 @@ impl Store {
         let keep = |owner: &Owner| match owner {
             Owner::Cni { .. } => valid.contains(owner),
             Owner::Process { .. } => owner.is_alive(),
+            // Named sandboxes are not the runtime's: only `netbox gc` judges them.
+            Owner::Named { .. } => true,
         };
         let released: Vec<Lease> = self
             .leases()?
@@ -420,7 +449,7 @@ impl Store {
             self.sync_dir(&self.dir.join("leases"))?;
         }
         // Indexes go after their leases; also those left naming nothing by a crash.
-        for kind in ["cni", "proc"] {
+        for kind in ["cni", "proc", "named"] {
             for file in list_dir(&self.dir.join("owners").join(kind), "listing owners")? {
                 let index = format!("{kind}/{file}");
                 let Some(owner) = Owner::from_index_name(&index) else {
@@ -734,7 +763,13 @@ fn list_dir(dir: &Path, context: &'static str) -> Result<Vec<String>> {
         source,
     };
     let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err)? {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // A store made before a kind of owner existed has no directory for it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(e)),
+    };
+    for entry in entries {
         if let Ok(name) = entry.map_err(io_err)?.file_name().into_string() {
             out.push(name);
         }
@@ -746,6 +781,7 @@ fn owner_dir(owner: &Owner) -> &'static str {
     match owner {
         Owner::Cni { .. } => "cni",
         Owner::Process { .. } => "proc",
+        Owner::Named { .. } => "named",
     }
 }
 

@@ -1,0 +1,309 @@
+//! `netbox ns`, `exec`, `ls`, `gc` and `network`: named sandboxes and their lifecycle.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use ipnetwork::IpNetwork;
+
+use netbox::gc;
+use netbox::named::{self, AddSpec};
+use netbox::network;
+use netbox::sandbox::{NetMode, RunSpec};
+
+use super::{env_pairs, fail, parse_cap, parse_ip, parse_mac, Cap, Mac};
+
+#[derive(Subcommand)]
+pub enum NsCommand {
+    /// Create a persistent sandbox: a named namespace (/run/netns/NAME) attached to a network.
+    Add(NsAddArgs),
+    /// Remove sandboxes made by `netbox ns add` (a name that does not exist is not an error).
+    Del {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct NsAddArgs {
+    /// Name of the sandbox (also its name for `ip netns`).
+    name: String,
+    /// Bridge network: the built-in "netbox", or a CNI conflist's name.
+    #[arg(long, default_value = network::DEFAULT_NETWORK, value_name = "NAME")]
+    network: String,
+    /// Subnet of the built-in network (default 10.117.0.0/24).
+    #[arg(long, env = "NETBOX_SUBNET", value_name = "CIDR")]
+    subnet: Option<IpNetwork>,
+    /// Address to request (repeat for dual stack).
+    #[arg(long = "ip", value_name = "ADDR[/LEN]", value_parser = parse_ip)]
+    ips: Vec<IpNetwork>,
+    /// Interface name inside the sandbox.
+    #[arg(long, default_value = "eth0", value_name = "NAME")]
+    ifname: String,
+    #[arg(long)]
+    mtu: Option<u32>,
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<Mac>,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// The sandbox (any name under /run/netns).
+    name: String,
+    /// Hostname inside (its own UTS namespace).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// DNS server for the private resolv.conf (repeatable).
+    #[arg(long, value_name = "IP")]
+    dns: Vec<IpAddr>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass netbox's own value).
+    #[arg(short, long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Working directory of the command.
+    #[arg(short = 'w', long = "cwd", value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Let the command keep a capability netbox drops (NET_ADMIN or SYS_ADMIN).
+    #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
+    cap_add: Vec<Cap>,
+    /// Run the command as USER[:GROUP].
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct GcArgs {
+    /// Only say what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// The networks netbox knows: the built-in one and the CNI conflists.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One network's bridge, subnets, gateway and source.
+    Inspect { name: String },
+}
+
+pub fn ns(cmd: NsCommand) -> i32 {
+    match cmd {
+        NsCommand::Add(a) => {
+            let spec = AddSpec {
+                name: a.name,
+                network: a.network,
+                subnet: a.subnet,
+                ips: a.ips,
+                ifname: a.ifname,
+                mtu: a.mtu,
+                mac: a.mac.map(|m| m.0),
+            };
+            match named::add(&spec) {
+                Ok(record) => {
+                    println!("{} {}", record.name, record.addresses.join(" "));
+                    0
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        NsCommand::Del { names } => {
+            let mut code = 0;
+            for name in names {
+                if let Err(e) = named::del(&name) {
+                    code = fail(&e);
+                }
+            }
+            code
+        }
+    }
+}
+
+pub fn exec(args: ExecArgs) -> i32 {
+    let mut command = args.command.into_iter();
+    let Some(program) = command.next() else {
+        eprintln!("netbox: no command given");
+        return 125;
+    };
+    let user = match args.user.as_deref().map(netbox::process::UserSpec::parse) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => return fail(&netbox::Error::from(e)),
+        None => None,
+    };
+    let spec = RunSpec {
+        net: NetMode::None,
+        ips: vec![],
+        ifname: String::new(),
+        mtu: None,
+        mac: None,
+        hostname: args.hostname,
+        dns: args.dns,
+        program,
+        args: command.collect(),
+        env: env_pairs(&args.env),
+        cwd: args.cwd,
+        keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
+        user,
+        name: None,
+    };
+    match named::exec(&args.name, &spec) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn ls(args: LsArgs) -> i32 {
+    let listing = match gc::ls() {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    if args.json {
+        return print_json(&listing);
+    }
+    println!(
+        "{:<20} {:<4} {:<10} {:<28} {:<14} {:<8} {:>7}  STATE",
+        "NAME", "KIND", "NETWORK", "ADDRESSES", "HOST VETH", "PID", "AGE"
+    );
+    for e in &listing.sandboxes {
+        println!(
+            "{:<20} {:<4} {:<10} {:<28} {:<14} {:<8} {:>7}  {}",
+            e.name.as_deref().unwrap_or(&e.owner),
+            e.kind,
+            e.network,
+            e.addresses.join(","),
+            e.host_veth.as_deref().unwrap_or("-"),
+            e.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            e.age_secs
+                .map(|a| format!("{a}s"))
+                .unwrap_or_else(|| "-".into()),
+            e.state
+        );
+    }
+    for l in &listing.stale_leases {
+        println!(
+            "stale lease: {} in network {} held by {}",
+            l.ip, l.network, l.owner
+        );
+    }
+    0
+}
+
+pub fn gc(args: GcArgs) -> i32 {
+    let report = match gc::gc(args.dry_run) {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if args.json {
+        print_json(&report);
+    } else {
+        let verb = if args.dry_run {
+            "would remove"
+        } else {
+            "removed"
+        };
+        for r in &report.removed {
+            match &r.owner {
+                Some(o) => println!("{verb} {} {} (owner {o})", r.kind, r.name),
+                None => println!("{verb} {} {}", r.kind, r.name),
+            }
+        }
+    }
+    for e in &report.errors {
+        eprintln!("netbox: gc: {e}");
+    }
+    if report.errors.is_empty() {
+        0
+    } else {
+        1
+    }
+}
+
+pub fn network(cmd: NetworkCommand) -> i32 {
+    let known = network::list(&network::conf_dirs());
+    match cmd {
+        NetworkCommand::Ls { json } => {
+            let rows: Vec<serde_json::Value> = known.iter().map(describe).collect();
+            if json {
+                return print_json(&rows);
+            }
+            println!("{:<20} {:<12} {:<30} SOURCE", "NAME", "BRIDGE", "SUBNETS");
+            for k in &known {
+                let (bridge, subnets) = match &k.spec {
+                    Ok(s) => (
+                        s.bridge.clone(),
+                        s.subnets()
+                            .iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    Err(e) => ("-".into(), format!("(unusable: {e})")),
+                };
+                println!(
+                    "{:<20} {:<12} {:<30} {}",
+                    k.name,
+                    bridge,
+                    subnets,
+                    k.source
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "built-in".into())
+                );
+            }
+            0
+        }
+        NetworkCommand::Inspect { name } => match known.iter().find(|k| k.name == name) {
+            Some(k) => print_json(&describe(k)),
+            None => {
+                eprintln!("netbox: unknown network \"{name}\" (netbox network ls lists them)");
+                125
+            }
+        },
+    }
+}
+
+fn describe(k: &network::KnownNetwork) -> serde_json::Value {
+    let source = k.source.as_ref().map(|p| p.display().to_string());
+    match &k.spec {
+        Ok(s) => serde_json::json!({
+            "name": k.name,
+            "source": source,
+            "bridge": s.bridge,
+            "mtu": s.mtu,
+            "isGateway": s.is_gateway,
+            "isDefaultGateway": s.is_default_gateway,
+            "subnets": s.subnets().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "gateways": s.gateway_addresses().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "dataDir": netbox::sandbox::data_dir(s),
+        }),
+        Err(e) => serde_json::json!({ "name": k.name, "source": source, "error": e.to_string() }),
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> i32 {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("netbox: {e}");
+            125
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! `netbox ls` and `netbox gc`: what netbox owns, and removing what it made whose owner is gone.
+//!
+//! Ownership is always read from what netbox wrote (records, veth aliases, lease owners), never
+//! guessed from a name. Owners and when they are gone:
+//! - a `netbox run` process (pid + start time): when that process no longer exists;
+//! - a named sandbox (`netbox ns add NAME`): when its record is gone, was left half-made by a
+//!   process that died, or its namespace is no longer the one it made (`ip netns del NAME`);
+//! - a CNI attachment (container id + ifname): when its record was left half-made by an ADD that
+//!   died, or the namespace it was attached in is gone; without a record (made before records
+//!   existed), when its host veth is gone. A live attachment is never removed: the runtime DELs
+//!   it.
+//!
+//! gc holds the lifecycle lock exclusively (see `state`), so a concurrent ADD, `ns add` or
+//! `ns del` is either finished or not started while it judges, and two gcs take turns. Bridges
+//! are never removed: they are shared, and an empty bridge costs nothing.
+//!
+//! Each kind of resource is found and judged separately ([`Resource`]): veths, namespaces,
+//! leases, records, temporary files. Adding one (firewall rules) is one more loop in [`gc`].
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::ipam::{Lease, Owner, Store};
+use crate::netlink::{Link, Netlink};
+use crate::netns;
+use crate::state::{self, Kind, Lock, Phase, Record};
+use crate::{named, network, sandbox};
+use crate::{Error, Result};
+
+/// One thing gc removed (or would remove, with --dry-run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resource {
+    /// veth, netns, lease, record, tmp
+    pub kind: &'static str,
+    pub name: String,
+    /// The owner that is gone.
+    pub owner: Option<String>,
+}
+
+/// What gc did.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub removed: Vec<Resource>,
+    pub errors: Vec<String>,
+}
+
+/// Everything gc and ls judge ownership from, read once.
+struct View {
+    records: Vec<Record>,
+    links: Vec<Link>,
+    /// gc holds the exclusive lock: no maker is at work.
+    locked: bool,
+}
+
+impl View {
+    fn read(locked: bool) -> Result<View> {
+        let records = state::list()?;
+        let links = sandbox::runtime()?.block_on(async { Netlink::connect()?.links().await })?;
+        Ok(View {
+            records,
+            links,
+            locked,
+        })
+    }
+
+    /// A record whose owner is gone.
+    fn record_stale(&self, r: &Record) -> bool {
+        let unfinished = r.phase != Phase::Ready;
+        match r.kind {
+            Kind::Run => !r.owner.is_alive(),
+            Kind::Ns | Kind::Cni if unfinished => self.locked || !r.writer.is_alive(),
+            Kind::Ns => netns::named_inode(&r.name) != r.netns_inode,
+            Kind::Cni => {
+                r.netns_inode.is_none()
+                    || netns::NetNs::open(&r.netns)
+                        .ok()
+                        .and_then(|ns| ns.inode().ok())
+                        != r.netns_inode
+            }
+        }
+    }
+
+    /// An owner that is gone (see the module comment).
+    fn owner_stale(&self, owner: &Owner) -> bool {
+        match owner {
+            Owner::Process { .. } => !owner.is_alive(),
+            Owner::Named { .. } => !self
+                .records
+                .iter()
+                .any(|r| r.kind == Kind::Ns && &r.owner == owner && !self.record_stale(r)),
+            Owner::Cni { .. } => match self
+                .records
+                .iter()
+                .find(|r| r.kind == Kind::Cni && &r.owner == owner)
+            {
+                Some(r) => self.record_stale(r),
+                None => !self
+                    .links
+                    .iter()
+                    .any(|l| link_owner(l).as_ref() == Some(owner)),
+            },
+        }
+    }
+
+    /// Every lease store netbox may have written: the default data directory, those of records
+    /// and of known conflists. Only directories that hold a netbox store are opened.
+    fn stores(&self) -> Vec<Store> {
+        let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+        dirs.insert(crate::ipam::store::default_data_dir());
+        dirs.extend(self.records.iter().map(|r| r.data_dir.clone()));
+        for net in network::list(&network::conf_dirs()) {
+            if let Ok(spec) = net.spec {
+                dirs.insert(sandbox::data_dir(&spec));
+            }
+        }
+        let mut out = Vec::new();
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if entry.path().join("owners").is_dir() && entry.path().join("leases").is_dir() {
+                    if let Ok(store) = Store::open(&dir, &name) {
+                        out.push(store);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The owner a link's alias records, if netbox wrote it.
+fn link_owner(link: &Link) -> Option<Owner> {
+    link.alias
+        .as_deref()
+        .and_then(state::parse_alias)
+        .map(|(_, o)| o)
+}
+
+fn owner_text(owner: &Owner) -> String {
+    owner.key().unwrap_or_else(|_| owner.to_string())
+}
+
+/// Removes what netbox made whose owner is gone; with `dry_run`, only says what it would remove.
+pub fn gc(dry_run: bool) -> Result<Report> {
+    let _lock = Lock::exclusive()?;
+    let view = View::read(true)?;
+    let mut report = Report::default();
+    let note =
+        |report: &mut Report, kind, name: String, owner: Option<&Owner>, r: Result<()>| match r {
+            Ok(()) => report.removed.push(Resource {
+                kind,
+                name,
+                owner: owner.map(owner_text),
+            }),
+            Err(e) => report.errors.push(format!("{kind} {name}: {e}")),
+        };
+    let rt = sandbox::runtime()?;
+    let host = rt.block_on(async { Netlink::connect() })?;
+
+    // Host veths whose alias names a gone owner.
+    for link in &view.links {
+        let Some(owner) = link_owner(link) else {
+            continue;
+        };
+        if view.owner_stale(&owner) {
+            let r = if dry_run {
+                Ok(())
+            } else {
+                rt.block_on(host.delete_link_index(link.index, &link.name))
+                    .map_err(Error::from)
+            };
+            note(&mut report, "veth", link.name.clone(), Some(&owner), r);
+        }
+    }
+
+    let stale: Vec<&Record> = view
+        .records
+        .iter()
+        .filter(|r| view.record_stale(r))
+        .collect();
+
+    // Named namespaces of stale records, only when they are the ones netbox made.
+    for record in stale.iter().filter(|r| r.kind != Kind::Cni) {
+        let path = netns::named_path(&record.name);
+        if !path.exists() {
+            continue;
+        }
+        let r = if dry_run {
+            Ok(())
+        } else {
+            named::remove_named_ns(record)
+        };
+        if r.is_err() || dry_run || !path.exists() {
+            note(
+                &mut report,
+                "netns",
+                record.name.clone(),
+                Some(&record.owner),
+                r,
+            );
+        }
+    }
+
+    // Leases of gone owners, in every store.
+    for store in view.stores() {
+        let leases: Vec<Lease> = match store.leases() {
+            Ok(l) => l,
+            Err(e) => {
+                report
+                    .errors
+                    .push(format!("leases in {}: {e}", store.dir().display()));
+                continue;
+            }
+        };
+        let owners: BTreeSet<String> = leases
+            .iter()
+            .filter(|l| view.owner_stale(&l.owner))
+            .filter_map(|l| l.owner.key().ok())
+            .collect();
+        for key in owners {
+            let Some(owner) = Owner::from_key(&key) else {
+                continue;
+            };
+            for lease in leases.iter().filter(|l| l.owner == owner) {
+                note(
+                    &mut report,
+                    "lease",
+                    format!("{}/{}", store.dir().display(), lease.ip),
+                    Some(&owner),
+                    Ok(()),
+                );
+            }
+            if !dry_run {
+                if let Err(e) = store.release(&owner) {
+                    report
+                        .errors
+                        .push(format!("releasing leases of {key}: {e}"));
+                }
+            }
+        }
+        // Also indexes of dead processes left without leases by a crash.
+        if !dry_run {
+            if let Err(e) = store.reclaim_dead() {
+                report
+                    .errors
+                    .push(format!("{}: {e}", store.dir().display()));
+            }
+        }
+    }
+
+    // Firewall rules of gone owners go here, once the firewall module exists:
+    //     for owner in crate::firewall::owners()? {
+    //         if view.owner_stale(&owner) { note(.., "firewall", .., crate::firewall::remove(&owner)) }
+    //     }
+
+    // Records last: each stays until what it stands for is gone, so an interrupted gc resumes.
+    let failed = !report.errors.is_empty();
+    for record in stale {
+        if failed {
+            // Something of it may remain: keep the record for the next gc.
+            continue;
+        }
+        let r = if dry_run { Ok(()) } else { record.remove() };
+        note(
+            &mut report,
+            "record",
+            record.path().display().to_string(),
+            Some(&record.owner),
+            r,
+        );
+    }
+    for tmp in state::dead_tmp_files() {
+        let r = if dry_run {
+            Ok(())
+        } else {
+            state::remove_tmp(&tmp)
+        };
+        note(&mut report, "tmp", tmp.display().to_string(), None, r);
+    }
+    Ok(report)
+}
+
+/// Removes the names of `netbox run --name` sandboxes whose run was killed: their namespace
+/// mount would keep the namespace (and its veth) alive. Called at every run; cheap when there
+/// are no named sandboxes. Never fails the run.
+pub fn reap_dead_runs() {
+    let Ok(entries) = std::fs::read_dir(state::run_dir().join("sandboxes")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let Ok(Some(record)) = state::load_sandbox(name) else {
+            continue;
+        };
+        if record.kind == Kind::Run && !record.owner.is_alive() {
+            if let Err(e) = named::remove_named_ns(&record).and_then(|()| record.remove()) {
+                tracing::warn!(%e, "removing the name of a killed run's sandbox {name}");
+            }
+        }
+    }
+}
+
+/// One sandbox or attachment in `netbox ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// The sandbox's name (None for an unnamed run or a CNI attachment).
+    pub name: Option<String>,
+    /// ns, run or cni
+    pub kind: &'static str,
+    pub network: String,
+    pub addresses: Vec<String>,
+    pub host_veth: Option<String>,
+    /// The owner's key (`proc/PID.START`, `named/NAME`, `cni/CONTAINER+IFNAME`).
+    pub owner: String,
+    pub pid: Option<u32>,
+    pub age_secs: Option<u64>,
+    /// live, creating, deleting or stale
+    pub state: &'static str,
+}
+
+/// A lease in `netbox ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaseEntry {
+    pub network: String,
+    pub ip: String,
+    pub owner: String,
+    pub stale: bool,
+}
+
+/// What `netbox ls` shows.
+#[derive(Debug, Default, Serialize)]
+pub struct Listing {
+    pub sandboxes: Vec<Entry>,
+    /// Leases whose owner is gone (a live owner's leases are its entry's addresses).
+    pub stale_leases: Vec<LeaseEntry>,
+}
+
+/// Every sandbox netbox owns, and leases whose owner is gone.
+pub fn ls() -> Result<Listing> {
+    let view = View::read(false)?;
+    let mut out = Listing::default();
+    let kind_name = |k: Kind| match k {
+        Kind::Ns => "ns",
+        Kind::Run => "run",
+        Kind::Cni => "cni",
+    };
+    let now = state::now();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for r in &view.records {
+        let stale = view.record_stale(r);
+        seen.insert(owner_text(&r.owner));
+        out.sandboxes.push(Entry {
+            name: (r.kind != Kind::Cni).then(|| r.name.clone()),
+            kind: kind_name(r.kind),
+            network: r.network.clone(),
+            addresses: r.addresses.clone(),
+            host_veth: view
+                .links
+                .iter()
+                .any(|l| l.name == r.host_ifname)
+                .then(|| r.host_ifname.clone()),
+            owner: owner_text(&r.owner),
+            pid: match (&r.owner, &r.writer) {
+                (Owner::Process { pid, .. }, _) => Some(*pid),
+                (_, Owner::Process { pid, .. }) if r.phase != Phase::Ready => Some(*pid),
+                _ => None,
+            },
+            age_secs: Some(now.saturating_sub(r.created)),
+            state: match (stale, r.phase) {
+                (true, _) => "stale",
+                (false, Phase::Creating) => "creating",
+                (false, Phase::Deleting) => "deleting",
+                (false, Phase::Ready) => "live",
+            },
+        });
+    }
+    let stores = view.stores();
+    let mut leases: Vec<(String, Lease)> = Vec::new();
+    for store in &stores {
+        let network = store
+            .dir()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        for lease in store.leases().unwrap_or_default() {
+            leases.push((network.clone(), lease));
+        }
+    }
+    // Attachments known by their veth only: unnamed runs, CNI attachments without a record.
+    for link in &view.links {
+        let Some((network, owner)) = link.alias.as_deref().and_then(state::parse_alias) else {
+            continue;
+        };
+        let key = owner_text(&owner);
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let (kind, pid, age) = match &owner {
+            Owner::Process { pid, start_time } => ("run", Some(*pid), process_age(*start_time)),
+            Owner::Named { .. } => ("ns", None, None),
+            Owner::Cni { .. } => ("cni", None, None),
+        };
+        out.sandboxes.push(Entry {
+            name: match &owner {
+                Owner::Named { name } => Some(name.clone()),
+                _ => None,
+            },
+            kind,
+            addresses: leases
+                .iter()
+                .filter(|(_, l)| l.owner == owner)
+                .map(|(_, l)| l.ip.to_string())
+                .collect(),
+            network,
+            host_veth: Some(link.name.clone()),
+            owner: key,
+            pid,
+            age_secs: age,
+            state: if view.owner_stale(&owner) {
+                "stale"
+            } else {
+                "live"
+            },
+        });
+    }
+    for (network, lease) in leases {
+        if view.owner_stale(&lease.owner) {
+            out.stale_leases.push(LeaseEntry {
+                network,
+                ip: lease.ip.to_string(),
+                owner: owner_text(&lease.owner),
+                stale: true,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Seconds since a process started, from its start time in clock ticks since boot.
+fn process_age(start_ticks: u64) -> Option<u64> {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return None;
+    }
+    Some((uptime as u64).saturating_sub(start_ticks / hz as u64))
+}

@@ -1,0 +1,372 @@
+//! Ownership records: what netbox made, written down before it makes it, so that `netbox gc`
+//! finds everything after a crash and never touches what it did not make.
+//!
+//! Layout of /run/netbox (tmpfs: records die with the machine, as the namespaces and veths do):
+//! - `lock`: taken shared (flock) by every operation that creates or removes a sandbox or a CNI
+//!   attachment (`netbox ns add/del`, `netbox-cni ADD/DEL`) for its whole duration, and
+//!   exclusively by `netbox gc`. So gc never sees a half-made sandbox whose maker is still at
+//!   work: a record in phase `creating` or `deleting` seen under the exclusive lock belongs to a
+//!   process that died. `netbox run` does not take it: everything a run makes is owned by its
+//!   process (pid + start time), which is alive or not whatever gc does.
+//! - `sandboxes/<name>.json`: a named sandbox (`netbox ns add`, `netbox run --name`). Claimed
+//!   atomically (link(2) of a complete file: present whole or absent) before the namespace is
+//!   created, updated by rename.
+//! - `cni/<container>+<ifname>.json`: a netbox-cni attachment with the namespace it was made in.
+//!
+//! The host veth of each attachment carries its owner in its alias: `netbox:<network>:<key>`
+//! (run and named sandboxes, `key` being [`Owner::key`]) or `netbox-cni:<network>:<container>:
+//! <ifname>` (CNI). A veth whose alias does not parse as one of these is never netbox's.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ipam::Owner;
+use crate::{Error, Result};
+
+/// Where records and the lock live unless NETBOX_RUN_DIR says otherwise.
+pub const DEFAULT_RUN_DIR: &str = "/run/netbox";
+/// What every host veth alias of a run or named sandbox starts with.
+pub const ALIAS_PREFIX: &str = "netbox:";
+
+/// The state directory.
+pub fn run_dir() -> PathBuf {
+    match std::env::var_os("NETBOX_RUN_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(DEFAULT_RUN_DIR),
+    }
+}
+
+fn io_err(context: String) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Io { context, source }
+}
+
+/// The lifecycle lock (see the module comment). Released when dropped or when its holder dies.
+#[derive(Debug)]
+pub struct Lock(#[allow(dead_code)] File);
+
+impl Lock {
+    /// Taken by makers and removers: any number at once.
+    pub fn shared() -> Result<Lock> {
+        Lock::take(false)
+    }
+
+    /// Taken by gc: alone.
+    pub fn exclusive() -> Result<Lock> {
+        Lock::take(true)
+    }
+
+    fn take(exclusive: bool) -> Result<Lock> {
+        let dir = run_dir();
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let path = dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(format!("opening {}", path.display())))?;
+        let taken = if exclusive {
+            file.lock()
+        } else {
+            file.lock_shared()
+        };
+        taken.map_err(io_err(format!("locking {}", path.display())))?;
+        Ok(Lock(file))
+    }
+}
+
+/// What kind of thing a record stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `netbox ns add`: lives until `netbox ns del`.
+    Ns,
+    /// `netbox run --name`: lives as long as its process.
+    Run,
+    /// A netbox-cni attachment: lives as long as its namespace, until DEL.
+    Cni,
+}
+
+/// Where a record is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Written before anything is made; things may exist or not.
+    Creating,
+    /// Complete.
+    Ready,
+    /// Being removed.
+    Deleting,
+}
+
+/// One sandbox or attachment netbox made (or is making).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub kind: Kind,
+    /// Sandbox name (Ns, Run) or the owner's key (Cni).
+    pub name: String,
+    pub network: String,
+    /// The lease store's data directory.
+    pub data_dir: PathBuf,
+    pub owner: Owner,
+    pub phase: Phase,
+    /// The process that wrote the record last (pid + start time).
+    pub writer: Owner,
+    /// Namespace path: /run/netns/NAME, or CNI_NETNS.
+    pub netns: PathBuf,
+    /// The namespace's nsfs inode once known: only that namespace is netbox's to remove.
+    pub netns_inode: Option<u64>,
+    pub host_ifname: String,
+    /// Addresses with their prefix, once allocated.
+    pub addresses: Vec<String>,
+    /// Unix time of creation, in seconds.
+    pub created: u64,
+}
+
+/// Unix time now, in seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Record {
+    /// The record's file.
+    pub fn path(&self) -> PathBuf {
+        record_path(self.kind, &self.name)
+    }
+
+    /// Creates the record, failing with `Ok(false)` when one exists already: the name is taken.
+    pub fn claim(&self) -> Result<bool> {
+        let path = self.path();
+        let tmp = self.write_tmp()?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err(format!("creating {}", path.display()))(e)),
+        }
+    }
+
+    /// Replaces the record (written whole, then renamed over the old one).
+    pub fn save(&self) -> Result<()> {
+        let path = self.path();
+        let tmp = self.write_tmp()?;
+        fs::rename(&tmp, &path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_err(format!("writing {}", path.display()))(e)
+        })
+    }
+
+    /// Removes the record. Idempotent.
+    pub fn remove(&self) -> Result<()> {
+        remove_file(&self.path())
+    }
+
+    fn write_tmp(&self) -> Result<PathBuf> {
+        let path = self.path();
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(run_dir);
+        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let tmp = dir.join(format!(
+            ".tmp.{}.{}",
+            std::process::id(),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("record")
+        ));
+        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
+        fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
+        Ok(tmp)
+    }
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
+    }
+}
+
+fn kind_dir(kind: Kind) -> PathBuf {
+    run_dir().join(match kind {
+        Kind::Ns | Kind::Run => "sandboxes",
+        Kind::Cni => "cni",
+    })
+}
+
+/// File of the record `name` of `kind`. CNI names are owner keys (`cni/<container>+<ifname>`,
+/// already escaped): the file is named after their last component.
+pub fn record_path(kind: Kind, name: &str) -> PathBuf {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    kind_dir(kind).join(format!("{file}.json"))
+}
+
+/// The record of a named sandbox, if any.
+pub fn load_sandbox(name: &str) -> Result<Option<Record>> {
+    load(&record_path(Kind::Ns, name))
+}
+
+/// The record of a CNI attachment, if any.
+pub fn load_cni(owner: &Owner) -> Result<Option<Record>> {
+    let key = owner.key()?;
+    load(&record_path(Kind::Cni, &key))
+}
+
+fn load(path: &Path) -> Result<Option<Record>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("record {} is not netbox's: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// Every record, sandboxes then CNI attachments. Files that do not parse are skipped with a
+/// warning: netbox never removes what it cannot read as its own.
+pub fn list() -> Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for kind in [Kind::Ns, Kind::Cni] {
+        let dir = kind_dir(kind);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(format!("listing {}", dir.display()))(e)),
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "json")
+                    && !p
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        for path in paths {
+            match load(&path) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%e, "skipping a record"),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Temporary files of writers that died (`.tmp.<pid>.*` of a pid that is gone).
+pub fn dead_tmp_files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for kind in [Kind::Ns, Kind::Cni] {
+        let Ok(entries) = fs::read_dir(kind_dir(kind)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(".tmp."))
+                .and_then(|n| n.split('.').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}
+
+/// Removes a file found by [`dead_tmp_files`].
+pub fn remove_tmp(path: &Path) -> Result<()> {
+    remove_file(path)
+}
+
+/// The alias of the host veth of a run or named sandbox.
+pub fn alias(network: &str, owner: &Owner) -> Result<String> {
+    Ok(format!("{ALIAS_PREFIX}{network}:{}", owner.key()?))
+}
+
+/// The network and owner a host veth's alias records, when netbox wrote it.
+pub fn parse_alias(alias: &str) -> Option<(String, Owner)> {
+    if let Some(rest) = alias.strip_prefix(crate::cni::ops::ALIAS_PREFIX) {
+        // netbox-cni:<network>:<container>:<ifname>; none of the three holds ':' (validated).
+        let mut parts = rest.splitn(3, ':');
+        let network = parts.next()?;
+        let container_id = parts.next()?;
+        let ifname = parts.next()?;
+        if network.is_empty() || container_id.is_empty() || ifname.is_empty() {
+            return None;
+        }
+        if ifname.contains(':') {
+            return None;
+        }
+        return Some((
+            network.into(),
+            Owner::Cni {
+                container_id: container_id.into(),
+                ifname: ifname.into(),
+            },
+        ));
+    }
+    let (network, key) = alias.strip_prefix(ALIAS_PREFIX)?.split_once(':')?;
+    if network.is_empty() {
+        return None;
+    }
+    let owner = Owner::from_key(key)?;
+    // A key that does not round-trip was not written by netbox.
+    (owner.key().ok()? == key).then(|| (network.into(), owner))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aliases_round_trip_and_foreign_ones_do_not_parse() {
+        for owner in [
+            Owner::Process {
+                pid: 12,
+                start_time: 345,
+            },
+            Owner::Named {
+                name: "web-1".into(),
+            },
+        ] {
+            let a = alias("netbox", &owner).expect("alias");
+            assert_eq!(parse_alias(&a), Some(("netbox".into(), owner)));
+        }
+        assert_eq!(
+            parse_alias("netbox-cni:net1:abc:eth0"),
+            Some((
+                "net1".into(),
+                Owner::Cni {
+                    container_id: "abc".into(),
+                    ifname: "eth0".into()
+                }
+            ))
+        );
+        for foreign in [
+            "",
+            "netbox",
+            "netbox:",
+            "netbox:net",
+            "netbox:net:proc/12",
+            "netbox:net:proc/x.1",
+            "netbox:net:other/1",
+            "docker0 bridge",
+            "netbox-cni:net:abc",
+        ] {
+            assert_eq!(parse_alias(foreign), None, "{foreign:?}");
+        }
+    }
+}
