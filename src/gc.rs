@@ -311,6 +311,9 @@ pub fn reap_dead_runs() {
             }
         }
     }
+    for tmp in state::dead_tmp_files() {
+        let _ = state::remove_tmp(&tmp);
+    }
 }
 
 /// One sandbox or attachment in `netbox ls`.

@@ -189,12 +189,16 @@ pub(crate) fn remove_named_ns(record: &Record) -> Result<()> {
     let current = netns::named_inode(&record.name);
     let ours = match record.netns_inode {
         Some(inode) => current == Some(inode),
-        None => record.kind == Kind::Ns && record.phase == Phase::Creating,
+        // Only a record of an unfinished creation lacks the inode (a ready one always has it).
+        None => record.kind == Kind::Ns && record.phase != Phase::Ready,
     };
     // An empty mount point left by a creation that was cut short is the record's too.
     let leftover = current.is_none()
-        && record.kind == Kind::Ns
-        && record.phase != Phase::Ready
+        && match record.kind {
+            Kind::Ns => record.phase != Phase::Ready,
+            Kind::Run => true,
+            Kind::Cni => false,
+        }
         && netns::named_path(&record.name).is_file();
     if ours || leftover {
         netns::delete_named(&record.name)?;
