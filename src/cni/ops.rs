@@ -775,6 +775,23 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         }
         Ipam::None => Ok(()),
     };
+    // The records of the attachments the runtime no longer knows go with them.
+    if veths.is_ok() && leases.is_ok() {
+        for record in state::list().unwrap_or_default() {
+            let valid = conf.valid_attachments.iter().any(|(id, ifname)| {
+                record.owner
+                    == Owner::Cni {
+                        container_id: id.clone(),
+                        ifname: ifname.clone(),
+                    }
+            });
+            if record.kind == state::Kind::Cni && record.network == conf.name && !valid {
+                if let Err(e) = record.remove() {
+                    tracing::warn!(%e, "removing the record of a collected attachment");
+                }
+            }
+        }
+    }
     veths.and(leases)
 }
 
