@@ -20,6 +20,7 @@ fn main() {
     time_command(&[netbox, "ns", "add", "warm"]);
     time_command(&[netbox, "ns", "del", "warm"]);
     let batch = std::env::temp_dir().join(format!("netbox-bench-{}.ip", std::process::id()));
+    let inside = std::env::temp_dir().join(format!("netbox-bench-{}.in.ip", std::process::id()));
     let (mut ip_add, mut ip_del, mut nb_add, mut nb_del) = (vec![], vec![], vec![], vec![]);
     let (mut ip_exec, mut nb_exec) = (vec![], vec![]);
     for i in 0..n {
@@ -29,20 +30,28 @@ fn main() {
             &batch,
             format!(
                 "link add {veth} type veth peer name eth0 netns {ip_name}\n\
-                 link set {veth} master netbox0 up\n\
-                 -n {ip_name} addr add 10.117.0.{}/24 dev eth0\n\
-                 -n {ip_name} link set eth0 up\n\
-                 -n {ip_name} link set lo up\n\
-                 -n {ip_name} route add default via 10.117.0.1\n",
+                 link set {veth} master netbox0 up\n"
+            ),
+        )
+        .expect("batch file");
+        std::fs::write(
+            &inside,
+            format!(
+                "addr add 10.117.0.{}/24 dev eth0\n\
+                 link set eth0 up\n\
+                 link set lo up\n\
+                 route add default via 10.117.0.1\n",
                 200 + (i % 50)
             ),
         )
         .expect("batch file");
         let batch_path = batch.to_str().expect("path");
+        let inside_path = inside.to_str().expect("path");
         let nb_name = format!("nb{i}");
         ip_add.push(
             time_command(&["ip", "netns", "add", &ip_name])
-                + time_command(&["ip", "-batch", batch_path]),
+                + time_command(&["ip", "-batch", batch_path])
+                + time_command(&["ip", "-n", &ip_name, "-batch", inside_path]),
         );
         nb_add.push(time_command(&[netbox, "ns", "add", &nb_name]));
         ip_exec.push(time_command(&["ip", "netns", "exec", &ip_name, "true"]));
@@ -53,6 +62,7 @@ fn main() {
         nb_del.push(time_command(&[netbox, "ns", "del", &nb_name]));
     }
     let _ = std::fs::remove_file(&batch);
+    let _ = std::fs::remove_file(&inside);
     // gc with 20 live sandboxes and nothing to remove.
     for i in 0..20 {
         time_command(&[netbox, "ns", "add", &format!("live{i}")]);
@@ -67,7 +77,7 @@ fn main() {
         m
     };
     println!("lifecycle bench, {n} samples each, interleaved");
-    let a = row("ip netns add + ip -batch (veth, addr, routes)", &mut ip_add);
+    let a = row("ip netns add + 2 ip -batch (veth, addr, rt)", &mut ip_add);
     let b = row("netbox ns add", &mut nb_add);
     let c = row("ip netns exec NAME true", &mut ip_exec);
     let d = row("netbox exec NAME -- true", &mut nb_exec);

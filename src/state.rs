@@ -332,6 +332,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_name_is_claimed_once_and_records_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The only test that sets it: no other test of this binary reads the state directory.
+        std::env::set_var("NETBOX_RUN_DIR", dir.path());
+        let me = Owner::current_process().expect("me");
+        let mut record = Record {
+            kind: Kind::Ns,
+            name: "box".into(),
+            network: "netbox".into(),
+            data_dir: dir.path().join("ipam"),
+            owner: Owner::Named { name: "box".into() },
+            phase: Phase::Creating,
+            writer: me,
+            netns: "/run/netns/box".into(),
+            netns_inode: None,
+            host_ifname: "nbx00000001".into(),
+            addresses: vec![],
+            created: now(),
+        };
+        assert!(record.claim().expect("claim"));
+        assert!(!record.claim().expect("second claim"));
+        record.phase = Phase::Ready;
+        record.netns_inode = Some(42);
+        record.save().expect("save");
+        assert_eq!(load_sandbox("box").expect("load"), Some(record.clone()));
+        assert_eq!(list().expect("list"), vec![record.clone()]);
+        // No temporary file is left behind.
+        let files: Vec<_> = fs::read_dir(dir.path().join("sandboxes"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(files, vec![std::ffi::OsString::from("box.json")]);
+        record.remove().expect("remove");
+        record.remove().expect("remove twice");
+        assert_eq!(load_sandbox("box").expect("load"), None);
+        std::env::remove_var("NETBOX_RUN_DIR");
+    }
+
+    #[test]
     fn aliases_round_trip_and_foreign_ones_do_not_parse() {
         for owner in [
             Owner::Process {

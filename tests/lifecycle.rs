@@ -148,9 +148,23 @@ fn baseline() -> Baseline {
 /// Nothing netbox made remains, nothing else changed.
 fn assert_clean(base: &Baseline, context: &str) {
     // A namespace's veths go with it, but the kernel finishes that asynchronously.
-    eventually(&format!("links back to the baseline ({context})"), || {
-        links() == base.links
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = links();
+        if now == base.links {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{context}: links differ from the baseline: extra {:?}, missing {:?}; netns {:?}; \
+             records {:?}",
+            now.difference(&base.links).collect::<Vec<_>>(),
+            base.links.difference(&now).collect::<Vec<_>>(),
+            netns_names(),
+            record_files()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(netns_names(), base.netns, "{context}");
     assert_eq!(lease_files(), BTreeSet::new(), "{context}");
     assert_eq!(record_files(), BTreeSet::new(), "{context}");
@@ -171,6 +185,10 @@ fn warm_up() {
     ok(&add);
     ok(&cni_del("warmctr", "warmctr"));
     sh("ip netns del warmctr");
+    // The kernel (and the DEL's reaper) finish removing the veths in the background.
+    eventually("the warm-up veths gone", || {
+        !links().iter().any(|(_, alias)| alias.starts_with("netbox"))
+    });
 }
 
 const CNI_CONF: &str = r#"{"cniVersion":"1.0.0","name":"lifenet","type":"netbox-cni",
@@ -269,7 +287,8 @@ fn ns_add_exec_del() {
     ok(&nb(&["ns", "del", "web"]));
     ok(&nb(&["ns", "del", "web"]));
     assert!(!netns_names().contains("web"));
-    assert!(!links().iter().any(|(n, _)| *n == veth));
+    // The kernel removes the pair with the namespace.
+    eventually("the veth gone", || !links().iter().any(|(n, _)| *n == veth));
     assert_eq!(lease_files(), BTreeSet::new());
     assert_eq!(record_files(), BTreeSet::new());
 }

@@ -536,7 +536,11 @@ fn chain(prev: &CniResult, mut ours: CniResult) -> CniResult {
 /// cannot be started, the veth is deleted here.
 fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     let name = host_ifname(&env.container_id, &env.ifname);
-    let _lock = state::Lock::shared().map_err(io_failure)?;
+    // DEL must succeed whatever the state directory's condition: the lock only keeps gc from
+    // judging this attachment mid-way, and gc removing it too is harmless.
+    let _lock = state::Lock::shared()
+        .map_err(|e| tracing::warn!(%e, "DEL without the lifecycle lock"))
+        .ok();
     let veth = runtime().and_then(|rt| {
         rt.block_on(async {
             let host = Netlink::connect()?;
