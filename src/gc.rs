@@ -219,15 +219,28 @@ pub fn gc(dry_run: bool) -> Result<Report> {
                 continue;
             }
         };
+        // Owners with leases, and owners whose index names nothing (a crash mid-allocation).
+        let indexed = store.owners().unwrap_or_default();
         let owners: BTreeSet<String> = leases
             .iter()
-            .filter(|l| view.owner_stale(&l.owner))
-            .filter_map(|l| l.owner.key().ok())
+            .map(|l| &l.owner)
+            .chain(indexed.iter())
+            .filter(|o| view.owner_stale(o))
+            .filter_map(|o| o.key().ok())
             .collect();
         for key in owners {
             let Some(owner) = Owner::from_key(&key) else {
                 continue;
             };
+            if !leases.iter().any(|l| l.owner == owner) {
+                note(
+                    &mut report,
+                    "lease",
+                    format!("{}/owners/{key} (index only)", store.dir().display()),
+                    Some(&owner),
+                    Ok(()),
+                );
+            }
             for lease in leases.iter().filter(|l| l.owner == owner) {
                 note(
                     &mut report,

@@ -464,6 +464,20 @@ impl Store {
         Ok(released)
     }
 
+    /// Every owner with an index, whether or not it still holds a lease (a crash between
+    /// writing the index and creating the leases leaves an index naming nothing).
+    pub fn owners(&self) -> Result<Vec<Owner>> {
+        let mut out = Vec::new();
+        for kind in ["cni", "proc", "named"] {
+            for file in list_dir(&self.dir.join("owners").join(kind), "listing owners")? {
+                if let Some(owner) = Owner::from_index_name(&format!("{kind}/{file}")) {
+                    out.push(owner);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Releases the leases of `netbox run` processes that are gone; returns how many. Reads only
     /// the process owners' indexes.
     pub fn reclaim_dead(&self) -> Result<usize> {
