@@ -42,6 +42,12 @@ pub fn add(spec: &AddSpec) -> Result<Record> {
     }
     let network = network::resolve(&spec.network, &network::conf_dirs(), spec.subnet)?;
     let _lock = Lock::shared()?;
+    // What a `ns add` or `ns del` of this name that died left is cleared first, as gc would.
+    if let Some(old) = state::load_sandbox(&spec.name)? {
+        if old.kind == Kind::Ns && old.phase != Phase::Ready && !old.writer.is_alive() {
+            dismantle(&old)?;
+        }
+    }
     if netns::named_path(&spec.name).exists() {
         return Err(netns::NetnsError::Exists {
             name: spec.name.clone(),

@@ -608,3 +608,47 @@ fn concurrent_gcs_never_remove_live_attachments() {
     }
     assert_clean(&base, "after the deletions");
 }
+
+/// A `ns add` of a name whose earlier `ns add` was killed clears what that one left, without gc.
+#[test]
+fn ns_add_again_after_a_killed_add_clears_its_leftovers() {
+    if !private_host("lifecycle::ns_add_again_after_a_killed_add_clears_its_leftovers") {
+        return;
+    }
+    warm_up();
+    let base = baseline();
+    let mut rng = Rng::new();
+    let span = span_us(|| {
+        ok(&nb(&["ns", "add", "probe"]));
+    });
+    ok(&nb(&["ns", "del", "probe"]));
+    for trial in 0..20 {
+        let add = netbox()
+            .args(["ns", "add", "again"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ns add");
+        kill_after(add, rng.below(span));
+        let finished = sandbox_record("again").is_some_and(|r| r["phase"] == "ready");
+        let out = nb(&["ns", "add", "again"]);
+        assert_eq!(
+            out.status.success(),
+            !finished,
+            "trial {trial}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let record = sandbox_record("again").expect("record");
+        assert_eq!(record["phase"], "ready", "trial {trial}");
+        assert_eq!(
+            lease_files()
+                .iter()
+                .filter(|f| f.contains("/leases/"))
+                .count(),
+            1,
+            "trial {trial}"
+        );
+        ok(&nb(&["ns", "del", "again"]));
+        assert_clean(&base, &format!("again trial {trial}"));
+    }
+}
