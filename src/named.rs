@@ -48,6 +48,9 @@ pub fn add(spec: &AddSpec) -> Result<Record> {
             dismantle(&old)?;
         }
     }
+    for tmp in state::dead_tmp_files() {
+        let _ = state::remove_tmp(&tmp);
+    }
     if netns::named_path(&spec.name).exists() {
         return Err(netns::NetnsError::Exists {
             name: spec.name.clone(),
