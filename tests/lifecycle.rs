@@ -183,6 +183,17 @@ fn gc() -> String {
     ok(&nb(&["gc"]))
 }
 
+/// A gc killed after a random delay (up to `span` µs): the next gc finishes its work.
+fn killed_gc(rng: &mut Rng, span: u64) {
+    let child = netbox()
+        .arg("gc")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("gc");
+    kill_after(child, rng.below(span));
+}
+
 /// Makes the built-in network's bridge and the CNI test network's bridge exist.
 fn warm_up() {
     ok(&nb(&["ns", "add", "warm"]));
@@ -423,7 +434,7 @@ fn run_killed_anywhere_leaves_nothing() {
     assert!(killed > 5, "the delays missed the runs: {killed} killed");
 }
 
-/// `netbox ns add` and `netbox ns del` killed anywhere: after gc, a sandbox is either whole and
+/// `netbox ns add` and `netbox ns del` killed anywhere (and a gc killed after them): after gc, a sandbox is either whole and
 /// live (and then deletes cleanly) or entirely gone.
 #[test]
 fn ns_add_and_del_killed_anywhere_leave_whole_sandboxes_or_nothing() {
@@ -463,6 +474,7 @@ fn ns_add_and_del_killed_anywhere_leave_whole_sandboxes_or_nothing() {
                 killed += 1;
             }
         }
+        killed_gc(&mut rng, del_span);
         gc();
         if let Some(record) = sandbox_record(&name) {
             // Kept by gc: it must be whole.
@@ -487,7 +499,7 @@ fn ns_add_and_del_killed_anywhere_leave_whole_sandboxes_or_nothing() {
 }
 
 /// `netbox-cni ADD` killed anywhere, then the runtime removes its namespace (as it does after a
-/// failed ADD): gc leaves nothing.
+/// failed ADD): gc, even after a gc that was killed, leaves nothing.
 #[test]
 fn cni_add_killed_anywhere_leaves_nothing_after_gc() {
     if !private_host("lifecycle::cni_add_killed_anywhere_leaves_nothing_after_gc") {
@@ -525,6 +537,7 @@ fn cni_add_killed_anywhere_leaves_nothing_after_gc() {
             }
         }
         sh(&format!("ip netns del {ctr}"));
+        killed_gc(&mut rng, span);
         gc();
         assert_clean(&base, &format!("cni trial {trial}"));
     }
