@@ -11,6 +11,8 @@ use ipnetwork::IpNetwork;
 
 use netbox::sandbox::{self, NetMode, RunSpec};
 
+mod tuntap;
+
 /// Network sandboxes on Linux namespaces.
 #[derive(Parser)]
 #[command(name = "netbox", version, about, propagate_version = true)]
@@ -23,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run a command in a fresh network namespace attached to a bridge network.
     Run(RunArgs),
+    /// Manage TUN/TAP devices in the current network namespace.
+    #[command(subcommand)]
+    Tuntap(tuntap::TuntapCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -78,6 +83,10 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
+    /// Create a TUN device NAME inside the sandbox before CMD starts (persistent, owned by
+    /// the user CMD runs as, so CMD attaches to it by name), with an address (repeatable).
+    #[arg(long = "tun", value_name = "NAME[:ADDR/LEN]")]
+    tuns: Vec<netbox::tuntap::TunRequest>,
 }
 
 #[derive(Clone, Copy)]
@@ -136,6 +145,7 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Run(args) => run(args),
+        Command::Tuntap(cmd) => tuntap::run(cmd),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(125))
 }
@@ -171,6 +181,7 @@ fn run(args: RunArgs) -> i32 {
         cwd: args.cwd,
         keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
         user,
+        tuns: args.tuns,
     };
     match sandbox::run(spec) {
         Ok(code) => code,

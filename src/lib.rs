@@ -16,5 +16,6 @@ pub mod netns;
 pub mod network;
 pub mod process;
 pub mod sandbox;
+pub mod tuntap;
 
 pub use error::{Error, Result};

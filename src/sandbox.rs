@@ -20,6 +20,7 @@ use crate::netlink::Netlink;
 use crate::netns::NetNs;
 use crate::network::{self, NetworkSpec};
 use crate::process::{self, NetSetup, PrivateFiles, SandboxSpec, UserSpec};
+use crate::tuntap::{TunBuilder, TunRequest};
 use crate::{Error, Result};
 
 /// How the sandbox is networked.
@@ -50,6 +51,8 @@ pub struct RunSpec {
     pub cwd: Option<PathBuf>,
     pub keep_caps: Vec<caps::Capability>,
     pub user: Option<UserSpec>,
+    /// TUN devices made inside the sandbox before CMD starts (`--tun NAME[:ADDR/LEN]`).
+    pub tuns: Vec<TunRequest>,
 }
 
 /// True when netbox can build bridge networks: it needs CAP_NET_ADMIN for netlink and
@@ -65,6 +68,11 @@ pub fn privileged() -> bool {
 pub fn run(spec: RunSpec) -> Result<i32> {
     process::block_forwarded_signals()?;
     match &spec.net {
+        NetMode::None if !privileged() && !spec.tuns.is_empty() => Err(Error::Config(
+            "--tun needs root: the TUN device is made by netbox in the sandbox's namespace, \
+             which a rootless sandbox keeps inside its own user namespace"
+                .into(),
+        )),
         NetMode::None if !privileged() => exec(&spec, NetSetup::NewRootless),
         // The child makes its namespace and brings loopback up itself.
         NetMode::None => exec(&spec, NetSetup::New),
@@ -127,6 +135,7 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
         };
         let attached: Attachment =
             attach::attach_to_bridge(&host, &sandbox, &ns, network, &bridge, &attach_spec).await?;
+        create_tuns(spec, &sandbox, &ns).await?;
         Ok::<_, Error>(attached)
     });
     // The runtime and its sockets are gone here: only the child holds the namespace, which
@@ -180,8 +189,42 @@ fn allocate(
 }
 
 fn exec(spec: &RunSpec, net: NetSetup) -> Result<i32> {
-    let child = process::prepare(&sandbox_spec(spec, net))?;
+    let mut child = process::prepare(&sandbox_spec(spec, net))?;
+    if !spec.tuns.is_empty() {
+        let (ns, socket) = child.take_network()?;
+        runtime()?.block_on(async {
+            let ns = NetNs::from_fd(ns)?;
+            let sandbox = Netlink::from_fd(socket)?;
+            create_tuns(spec, &sandbox, &ns).await
+        })?;
+    }
     start_and_wait(child, &private_files(spec, &[]))
+}
+
+/// Makes the `--tun` devices inside the sandbox: persistent (CMD attaches by name), owned by
+/// the user CMD runs as, addressed and up. They die with the namespace.
+async fn create_tuns(spec: &RunSpec, sandbox: &Netlink, ns: &NetNs) -> Result<()> {
+    // CMD runs without CAP_NET_ADMIN: only ownership lets it attach, even as root.
+    let (uid, gid) = match spec.user.clone().or_else(UserSpec::from_sudo_env) {
+        Some(user) => (user.uid, user.gid),
+        None => (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ),
+    };
+    for request in &spec.tuns {
+        let builder = TunBuilder::tun().name(&request.name).owner(uid).group(gid);
+        let name = ns.run_in(move || builder.create_persistent())??;
+        let link = sandbox
+            .link_by_name(&name)
+            .await?
+            .ok_or_else(|| crate::netlink::NetlinkError::LinkNotFound { name: name.clone() })?;
+        if let Some(address) = request.address {
+            sandbox.add_address(&link, address).await?;
+        }
+        sandbox.set_up(link.index, &name).await?;
+    }
+    Ok(())
 }
 
 /// Starts the prepared child unless a forwarded signal came during set-up (blocked until now):

@@ -1,0 +1,169 @@
+//! One queue (descriptor) of a TUN/TAP device: every read returns one whole packet, every write
+//! sends one. [`Queue`] blocks; [`AsyncQueue`] runs on tokio's reactor (epoll) through
+//! [`AsyncFd`] and drains what is ready in batches, so one wake-up serves many packets.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::ioctl;
+
+/// The largest packet a queue hands over: a 64 KiB GSO superpacket plus its headers.
+pub const MAX_PACKET: usize = 65_536 + super::vnet::HDR_LEN;
+
+/// A blocking queue.
+#[derive(Debug)]
+pub struct Queue {
+    fd: OwnedFd,
+    header_len: usize,
+}
+
+impl Queue {
+    pub(crate) fn new(fd: OwnedFd, header_len: usize) -> Queue {
+        Queue { fd, header_len }
+    }
+
+    /// Bytes of virtio-net header in front of each packet (0 or [`super::vnet::HDR_LEN`]).
+    pub fn header_len(&self) -> usize {
+        self.header_len
+    }
+
+    /// Reads one packet into `buf`; returns its length. A too-small buffer truncates it.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        read(self.fd.as_raw_fd(), buf)
+    }
+
+    /// Writes one packet.
+    pub fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        write(self.fd.as_raw_fd(), packet)
+    }
+
+    /// Makes the queue usable on tokio (non-blocking, registered with the reactor).
+    pub fn into_async(self) -> io::Result<AsyncQueue> {
+        ioctl::set_nonblocking(&self.fd, true)?;
+        // SAFETY: an OwnedFd is open and always returns the same descriptor until dropped.
+        let fd = unsafe {
+            AsyncFd::register_with_interest(self.fd, Interest::READABLE | Interest::WRITABLE)
+        }
+        .map_err(io::Error::from)?;
+        Ok(AsyncQueue {
+            header_len: self.header_len,
+            fd,
+        })
+    }
+}
+
+impl AsFd for Queue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// A queue for tokio. Methods take `&self`, so one task can read while another writes.
+#[derive(Debug)]
+pub struct AsyncQueue {
+    fd: AsyncFd<OwnedFd>,
+    header_len: usize,
+}
+
+impl AsyncQueue {
+    /// Bytes of virtio-net header in front of each packet.
+    pub fn header_len(&self) -> usize {
+        self.header_len
+    }
+
+    /// Reads one packet.
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // Try first: under load a packet is usually waiting, and a readiness round trip
+        // through the reactor would cost more than the read.
+        match read(self.fd.as_raw_fd(), buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+        self.fd
+            .async_io(Interest::READABLE, |fd| read(fd.as_raw_fd(), buf))
+            .await
+    }
+
+    /// Reads up to `bufs.len()` packets: waits for the first, then takes whatever else is
+    /// already queued without waiting. `lens[i]` gets the length of packet `i`; returns how many
+    /// were read. (The TUN character device has no recvmmsg: this is the batch the kernel
+    /// allows, one system call per packet but one wake-up per batch.)
+    pub async fn recv_many(&self, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Result<usize> {
+        let max = bufs.len().min(lens.len());
+        if max == 0 {
+            return Ok(0);
+        }
+        lens[0] = self.recv(&mut bufs[0]).await?;
+        let mut n = 1;
+        while n < max {
+            match read(self.fd.as_raw_fd(), &mut bufs[n]) {
+                Ok(len) => {
+                    lens[n] = len;
+                    n += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writes one packet.
+    pub async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        match write(self.fd.as_raw_fd(), packet) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+        self.fd
+            .async_io(Interest::WRITABLE, |fd| write(fd.as_raw_fd(), packet))
+            .await
+    }
+
+    /// Writes several packets; returns how many were written (all, unless an error came).
+    pub async fn send_many(&self, packets: &[&[u8]]) -> io::Result<usize> {
+        for (i, p) in packets.iter().enumerate() {
+            if let Err(e) = self.send(p).await {
+                return if i == 0 { Err(e) } else { Ok(i) };
+            }
+        }
+        Ok(packets.len())
+    }
+}
+
+impl AsFd for AsyncQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
+fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes of writes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buf` is valid for `buf.len()` bytes of reads.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
