@@ -14,7 +14,7 @@ pub enum TuntapCommand {
         /// Device name.
         name: String,
     },
-    /// List TUN/TAP devices: name, mode, flags, owner, group.
+    /// List TUN/TAP devices: name, mode, flags, owner, group, attached queues.
     Ls,
 }
 
@@ -127,17 +127,21 @@ fn del(name: &str) -> netbox::Result<()> {
 fn ls() -> netbox::Result<()> {
     let tuns = block_on(|nl| async move { Ok(nl.tun_links().await?) })?;
     println!(
-        "{:<16} {:<5} {:<48} {:<8} {:<8}",
+        "{:<16} {:<5} {:<36} {:<8} {:<8} QUEUES",
         "NAME", "MODE", "FLAGS", "OWNER", "GROUP"
     );
     for t in &tuns {
         println!(
-            "{:<16} {:<5} {:<48} {:<8} {:<8}",
+            "{:<16} {:<5} {:<36} {:<8} {:<8} {}",
             t.name,
             if t.tap { "tap" } else { "tun" },
             flags(t),
             t.owner.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
             t.group.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+            // Attached queues; the kernel counts them for multi-queue devices only.
+            t.num_queues
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
         );
     }
     Ok(())
@@ -149,10 +153,7 @@ fn flags(t: &TunLink) -> String {
         out.push("persist".to_string());
     }
     if t.multi_queue {
-        out.push(match t.num_queues {
-            Some(n) => format!("multi_queue({n} attached)"),
-            None => "multi_queue".into(),
-        });
+        out.push("multi_queue".into());
     }
     if t.vnet_hdr {
         out.push("vnet_hdr".into());

@@ -5,3 +5,4 @@ mod cni;
 mod ipam;
 mod netlink;
 mod run;
+mod tuntap;

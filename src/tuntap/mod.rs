@@ -10,6 +10,7 @@
 
 pub mod device;
 pub mod ioctl;
+pub mod packet;
 pub mod vnet;
 
 use std::io;
