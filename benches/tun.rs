@@ -1,0 +1,224 @@
+//! Reading packets from a TUN device: netbox's async queue (tokio) against a plain blocking
+//! libc read loop (the anchor: 151-159 k packets/s of 91-byte packets for a C loop), with the
+//! same sender, interleaved rounds, medians and ratios.
+//!
+//! 1. Packets per second, 91-byte IPv4/UDP packets: target netbox/plain >= 1.0.
+//! 2. Bytes per second with the same UDP GSO sender (UDP_SEGMENT, 64 KiB sends): the plain loop
+//!    reads the 1500-byte packets the kernel segments for it; netbox's queue, opened with
+//!    vnet_hdr and USO offloads, reads the 64 KiB superpackets. Target >= 3.0.
+//!
+//! Runs as root inside a private network + mount namespace. `cargo bench --bench tun [-- N]`
+//! (N rounds, default 7).
+
+mod common;
+
+use std::net::UdpSocket;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{private_host, require_root, samples};
+use netbox::tuntap::{AsyncQueue, Offloads, TunBuilder};
+
+/// How long each reader reads per round.
+const WINDOW: Duration = Duration::from_millis(700);
+/// UDP payload of the small packets: 20 + 8 + 63 = 91 bytes, as in the anchor.
+const SMALL_PAYLOAD: usize = 63;
+/// GSO sends: 44 segments of 1472 bytes (1500-byte packets), one 64 KiB superpacket.
+const GSO_SEGMENT: u16 = 1472;
+const GSO_SEND: usize = 44 * GSO_SEGMENT as usize;
+
+fn main() {
+    let rounds = samples(7);
+    if !require_root("tun") {
+        return;
+    }
+    private_host();
+    let plain = plain_tun("plain0");
+    address("plain0", "10.3.0.1/24");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (nb, gso) = rt.block_on(async {
+        let nb = TunBuilder::tun().name("nb0").open().expect("nb0");
+        let gso = TunBuilder::tun()
+            .name("gso0")
+            .offloads(Offloads::CSUM | Offloads::USO4 | Offloads::USO6)
+            .open()
+            .expect("gso0");
+        (
+            nb.into_async_queue().expect("async"),
+            gso.into_async_queue().expect("async"),
+        )
+    });
+    address("nb0", "10.4.0.1/24");
+    address("gso0", "10.5.0.1/24");
+
+    let (mut pps_plain, mut pps_nb, mut bps_plain, mut bps_gso) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        pps_plain.push(measure("10.3.0.2", false, || plain_loop(&plain)));
+        pps_nb.push(measure("10.4.0.2", false, || rt.block_on(async_loop(&nb))));
+        bps_plain.push(measure("10.3.0.2", true, || plain_loop(&plain)));
+        bps_gso.push(measure("10.5.0.2", true, || rt.block_on(async_loop(&gso))));
+    }
+    let pps = |v: &mut Vec<Rate>| median(v.iter().map(|r| r.packets).collect());
+    let bps = |v: &mut Vec<Rate>| median(v.iter().map(|r| r.bytes).collect());
+    let (p_plain, p_nb) = (pps(&mut pps_plain), pps(&mut pps_nb));
+    let (b_plain, b_gso) = (bps(&mut bps_plain), bps(&mut bps_gso));
+    println!("tun read, {rounds} rounds of {WINDOW:?} per reader, interleaved, same sender");
+    println!("{:<52} {:>14}", "reader (91-byte packets)", "median pkt/s");
+    println!("{:<52} {:>14.0}", "plain blocking libc read loop", p_plain);
+    println!("{:<52} {:>14.0}", "netbox AsyncQueue (tokio, recv_many)", p_nb);
+    println!("ratio netbox/plain: {:.2} (target >= 1.0)", p_nb / p_plain);
+    println!("{:<52} {:>14}", "reader (UDP GSO sender, 64 KiB sends)", "median MB/s");
+    println!(
+        "{:<52} {:>14.1}",
+        "plain loop, 1500-byte packets",
+        b_plain / 1e6
+    );
+    println!(
+        "{:<52} {:>14.1}",
+        "netbox AsyncQueue, vnet_hdr + USO superpackets",
+        b_gso / 1e6
+    );
+    println!("ratio netbox/plain: {:.2} (target >= 3.0)", b_gso / b_plain);
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    packets: f64,
+    bytes: f64,
+}
+
+/// What a reader counted in its window.
+struct Count {
+    packets: u64,
+    bytes: u64,
+    took: Duration,
+}
+
+/// Runs the sender towards `dst` while `read` reads one window.
+fn measure(dst: &'static str, gso: bool, read: impl FnOnce() -> Count) -> Rate {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || send(dst, gso, &stop))
+    };
+    let count = read();
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender");
+    let secs = count.took.as_secs_f64();
+    Rate {
+        packets: count.packets as f64 / secs,
+        bytes: count.bytes as f64 / secs,
+    }
+}
+
+/// The one sender: UDP datagrams to `dst` as fast as the kernel takes them.
+fn send(dst: &str, gso: bool, stop: &AtomicBool) {
+    let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    let payload = if gso {
+        nix::sys::socket::setsockopt(
+            &sock,
+            nix::sys::socket::sockopt::UdpGsoSegment,
+            &i32::from(GSO_SEGMENT),
+        )
+        .expect("UDP_SEGMENT");
+        vec![0x5a; GSO_SEND]
+    } else {
+        vec![0x5a; SMALL_PAYLOAD]
+    };
+    let target = format!("{dst}:9");
+    sock.connect(&target).expect("connect");
+    while !stop.load(Ordering::Relaxed) {
+        // A full TUN queue drops: errors are the reader's problem, not the sender's.
+        let _ = sock.send(&payload);
+    }
+}
+
+/// The reference: blocking read(2) on a descriptor opened with plain libc calls.
+fn plain_loop(fd: &OwnedFd) -> Count {
+    let mut buf = vec![0u8; 65_536];
+    let mut packets = 0u64;
+    let mut bytes = 0u64;
+    let mut start = None;
+    loop {
+        // SAFETY: `buf` is valid for its length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            continue;
+        }
+        let t0 = *start.get_or_insert_with(Instant::now);
+        packets += 1;
+        bytes += n as u64;
+        if packets % 256 == 0 && t0.elapsed() >= WINDOW {
+            return Count {
+                packets,
+                bytes,
+                took: t0.elapsed(),
+            };
+        }
+    }
+}
+
+/// netbox: the async queue, a batch per wake-up; bytes exclude the virtio-net header.
+async fn async_loop(queue: &AsyncQueue) -> Count {
+    let mut bufs = vec![vec![0u8; 65_600]; 64];
+    let mut lens = vec![0usize; 64];
+    let header = queue.header_len() as u64;
+    let mut packets = 0u64;
+    let mut bytes = 0u64;
+    let mut start = None;
+    let mut checked = 0u64;
+    loop {
+        let n = queue.recv_many(&mut bufs, &mut lens).await.expect("read");
+        let t0 = *start.get_or_insert_with(Instant::now);
+        packets += n as u64;
+        bytes += lens[..n].iter().map(|l| *l as u64 - header).sum::<u64>();
+        if packets - checked >= 256 || header > 0 {
+            checked = packets;
+            if t0.elapsed() >= WINDOW {
+                return Count {
+                    packets,
+                    bytes,
+                    took: t0.elapsed(),
+                };
+            }
+        }
+    }
+}
+
+/// A TUN opened the plain way: open(2) and ioctl(TUNSETIFF), IFF_TUN | IFF_NO_PI, blocking.
+fn plain_tun(name: &str) -> OwnedFd {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    // SAFETY: plain syscalls with valid arguments; the descriptor is owned from here.
+    unsafe {
+        let fd = libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        assert!(fd >= 0, "open /dev/net/tun");
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+        assert_eq!(libc::ioctl(fd, TUNSETIFF, &mut req), 0, "TUNSETIFF");
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
+fn address(dev: &str, cidr: &str) {
+    let ok = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("ip addr add {cidr} dev {dev} && ip link set {dev} up"),
+        ])
+        .status()
+        .expect("ip");
+    assert!(ok.success(), "addressing {dev}");
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
