@@ -76,44 +76,54 @@ impl AsyncQueue {
 
     /// Reads one packet.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // Try first: under load a packet is usually waiting, and a readiness round trip
-        // through the reactor would cost more than the read.
-        match read(self.fd.as_raw_fd(), buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            other => return other,
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| read(fd.as_raw_fd(), buf)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
         }
-        self.fd
-            .async_io(Interest::READABLE, |fd| read(fd.as_raw_fd(), buf))
-            .await
     }
 
     /// Reads up to `bufs.len()` packets: waits for the first, then takes whatever else is
     /// already queued without waiting. `lens[i]` gets the length of packet `i`; returns how many
     /// were read. (The TUN character device has no recvmmsg: this is the batch the kernel
-    /// allows, one system call per packet but one wake-up per batch.)
+    /// allows, one system call per packet but one wake-up per batch, and a single EAGAIN per
+    /// drained queue.)
     pub async fn recv_many(&self, bufs: &mut [Vec<u8>], lens: &mut [usize]) -> io::Result<usize> {
         let max = bufs.len().min(lens.len());
         if max == 0 {
             return Ok(0);
         }
-        lens[0] = self.recv(&mut bufs[0]).await?;
-        let mut n = 1;
-        while n < max {
-            match read(self.fd.as_raw_fd(), &mut bufs[n]) {
-                Ok(len) => {
-                    lens[n] = len;
-                    n += 1;
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let fd = guard.get_inner().as_raw_fd();
+            let mut n = 0;
+            while n < max {
+                match read(fd, &mut bufs[n]) {
+                    Ok(len) => {
+                        lens[n] = len;
+                        n += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Drained: wait for the reactor's next edge.
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) if n == 0 => return Err(e),
+                    // Report what was read; the error comes back on the next call.
+                    Err(_) => break,
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            }
+            if n > 0 {
+                return Ok(n);
             }
         }
-        Ok(n)
     }
 
     /// Writes one packet.
     pub async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        // A TUN queue is almost always writable (a full device queue drops, it does not block).
         match write(self.fd.as_raw_fd(), packet) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             other => return other,
