@@ -177,6 +177,31 @@ mod tests {
     }
 
     #[test]
+    fn icmpv6_echo_reply_has_a_valid_checksum() {
+        let src: Ipv6Addr = "fd00::1".parse().expect("addr");
+        let dst: Ipv6Addr = "fd00::2".parse().expect("addr");
+        let mut p = vec![0x60, 0, 0, 0, 0, 12, PROTO_ICMPV6, 64];
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&dst.octets());
+        p.extend_from_slice(&[128, 0, 0, 0, 0, 9, 0, 1, b'p', b'i', b'n', b'g']);
+        let sum = checksum_with(
+            ipv6_pseudo_sum(&p[8..24], &p[24..40], 12, PROTO_ICMPV6),
+            &p[40..],
+        );
+        p[42..44].copy_from_slice(&sum.to_be_bytes());
+        let req = parse_echo_request(&p).expect("an echo request");
+        assert_eq!((req.id, req.seq), (9, 1));
+        let reply = echo_reply(&p).expect("a reply");
+        assert_eq!(reply[40], 129);
+        assert_eq!(&reply[8..24], &dst.octets());
+        let check = checksum_with(
+            ipv6_pseudo_sum(&reply[8..24], &reply[24..40], 12, PROTO_ICMPV6),
+            &reply[40..],
+        );
+        assert_eq!(check, 0, "valid ICMPv6 checksum");
+    }
+
+    #[test]
     fn udp_datagram_has_a_valid_header() {
         let p = ipv4_udp(
             (Ipv4Addr::new(10, 0, 0, 2), 5000),
