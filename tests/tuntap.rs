@@ -486,6 +486,22 @@ fn run_tun_cmd_attaches_as_its_user_on_a_bridge_network() {
         .output()
         .expect("netbox run");
     assert!(out.status.success(), "{out:?}");
+    // A name the sandbox already uses: refused, and the sandbox is rolled back.
+    let e = netbox()
+        .args(["run", "--tun", "eth0", "--", "true"])
+        .env_remove("SUDO_UID")
+        .stdin(Stdio::null())
+        .output()
+        .expect("netbox run");
+    assert_eq!(e.status.code(), Some(125));
+    let msg = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        msg.contains("\"eth0\" exists but is not a TUN device"),
+        "{msg}"
+    );
+    crate::harness::eventually("the sandbox's veth to go", || {
+        !link_names().iter().any(|n| n.starts_with("nbx"))
+    });
     let e = netbox()
         .args([
             "run",

@@ -40,8 +40,8 @@ pub enum TuntapError {
     )]
     Permission { what: &'static str, name: String },
     #[error(
-        "\"{name}\" exists but is not a {what} device with these settings (another kind of \
-         link, the other mode, or other multi-queue/vnet_hdr/packet-info flags)"
+        "\"{name}\" exists but is not a {what} with these settings (another kind of link, \
+         the other mode, or other multi-queue/vnet_hdr/packet-info flags)"
     )]
     NotTun { what: &'static str, name: String },
     #[error("{what} \"{name}\" is busy: another process holds its single queue")]
