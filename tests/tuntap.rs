@@ -639,3 +639,52 @@ fn tun_forwarder_example_carries_tcp() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("2000000 bytes intact"));
 }
+
+#[test]
+fn vnet_hdr_superpacket_write_reaches_a_socket_as_segments() {
+    if !private_host("tuntap::vnet_hdr_superpacket_write_reaches_a_socket_as_segments") {
+        return;
+    }
+    let tun = TunBuilder::tun()
+        .name("gso1")
+        .offloads(Offloads::CSUM | Offloads::USO4 | Offloads::USO6)
+        .open()
+        .expect("open with offloads");
+    address("gso1", "10.6.0.1/24");
+    let sock = UdpSocket::bind("10.6.0.1:6000").expect("bind");
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    // One write: ten 1000-byte UDP segments in one superpacket, checksum left to the kernel.
+    let payload: Vec<u8> = (0..10_000u32).map(|i| (i / 1000) as u8).collect();
+    let mut p = packet::ipv4_udp(
+        (Ipv4Addr::new(10, 6, 0, 2), 5000),
+        (Ipv4Addr::new(10, 6, 0, 1), 6000),
+        &payload,
+    );
+    let udp_len = (8 + payload.len()) as u32;
+    // CHECKSUM_PARTIAL: the field holds the folded pseudo-header sum.
+    let pseudo = 0x0a06 + 0x0002 + 0x0a06 + 0x0001 + 17 + udp_len;
+    let folded = !packet::checksum_with(pseudo, &[]);
+    p[26..28].copy_from_slice(&folded.to_be_bytes());
+    let hdr = VnetHeader {
+        flags: vnet::FLAG_NEEDS_CSUM,
+        gso_type: vnet::GsoType::UdpL4,
+        ecn: false,
+        hdr_len: 28,
+        gso_size: 1000,
+        csum_start: 20,
+        csum_offset: 6,
+    };
+    let mut frame = hdr.encode().to_vec();
+    frame.extend_from_slice(&p);
+    tun.queues()[0].send(&frame).expect("write the superpacket");
+    let mut buf = [0u8; 2000];
+    for i in 0..10u8 {
+        let n = sock.recv(&mut buf).expect("a segment arrives");
+        assert_eq!(n, 1000, "segment {i}");
+        assert!(
+            buf[..n].iter().all(|b| *b == i),
+            "segment {i} intact and in order"
+        );
+    }
+}

@@ -210,6 +210,20 @@ impl TunBuilder {
                 "a TUN/TAP device needs at least one queue".into(),
             ));
         }
+        // The kernel answers EINVAL to these; say why instead.
+        let o = self.offloads;
+        if o != Offloads::NONE && !o.contains(Offloads::CSUM) {
+            return Err(TuntapError::Invalid(
+                "TUN offloads need Offloads::CSUM (segmentation implies checksum offload)".into(),
+            ));
+        }
+        if o.contains(Offloads::USO4) != o.contains(Offloads::USO6) {
+            return Err(TuntapError::Invalid(
+                "USO4 and USO6 go together: the kernel takes UDP segmentation for both families or \
+                 neither"
+                    .into(),
+            ));
+        }
         // The kernel's limit (MAX_TAP_QUEUES).
         if self.queues > 256 {
             return Err(TuntapError::Invalid(format!(
@@ -457,6 +471,16 @@ mod tests {
         assert!("tun1:10.0.0.1".parse::<TunRequest>().is_err());
         assert!("averyveryverylongname".parse::<TunRequest>().is_err());
         assert!("tun1:nonsense/3".parse::<TunRequest>().is_err());
+    }
+
+    #[test]
+    fn offloads_the_kernel_refuses_are_refused_first() {
+        let e = TunBuilder::tun().offloads(Offloads::TSO4).open();
+        assert!(matches!(e, Err(TuntapError::Invalid(m)) if m.contains("CSUM")));
+        let e = TunBuilder::tun()
+            .offloads(Offloads::CSUM | Offloads::USO4)
+            .open();
+        assert!(matches!(e, Err(TuntapError::Invalid(m)) if m.contains("USO6")));
     }
 
     #[test]
