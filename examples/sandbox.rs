@@ -33,6 +33,7 @@ fn main() {
         keep_caps: vec![],
         user: None,
         name: None,
+        tuns: vec![],
     };
     match sandbox::run(spec) {
         Ok(code) => std::process::exit(code),

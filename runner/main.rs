@@ -12,6 +12,7 @@ use ipnetwork::IpNetwork;
 use netbox::sandbox::{self, NetMode, RunSpec};
 
 mod ns;
+mod tuntap;
 
 /// Network sandboxes on Linux namespaces.
 #[derive(Parser)]
@@ -21,6 +22,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a command in a fresh network namespace attached to a bridge network.
@@ -37,6 +40,9 @@ enum Command {
     /// The networks netbox knows.
     #[command(subcommand)]
     Network(ns::NetworkCommand),
+    /// Manage TUN/TAP devices in the current network namespace.
+    #[command(subcommand)]
+    Tuntap(tuntap::TuntapCommand),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -95,6 +101,10 @@ struct RunArgs {
     /// Name the sandbox (/run/netns/NAME, `netbox exec NAME`) while it lives.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Create a TUN device NAME inside the sandbox before CMD starts (persistent, owned by
+    /// the user CMD runs as, so CMD attaches to it by name), with an address (repeatable).
+    #[arg(long = "tun", value_name = "NAME[:ADDR/LEN]")]
+    tuns: Vec<netbox::tuntap::TunRequest>,
 }
 
 #[derive(Clone, Copy)]
@@ -158,6 +168,7 @@ fn main() -> ExitCode {
         Command::Ls(args) => ns::ls(args),
         Command::Gc(args) => ns::gc(args),
         Command::Network(cmd) => ns::network(cmd),
+        Command::Tuntap(cmd) => tuntap::run(cmd),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(125))
 }
@@ -194,6 +205,7 @@ fn run(args: RunArgs) -> i32 {
         keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
         user,
         name: args.name,
+        tuns: args.tuns,
     };
     match sandbox::run(spec) {
         Ok(code) => code,

@@ -160,6 +160,7 @@ pub fn exec(args: ExecArgs) -> i32 {
         keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
         user,
         name: None,
+        tuns: vec![],
     };
     match named::exec(&args.name, &spec) {
         Ok(code) => code,

@@ -12,6 +12,8 @@ pub enum Error {
     Ipam(#[from] crate::ipam::IpamError),
     #[error(transparent)]
     Process(#[from] crate::process::ProcessError),
+    #[error(transparent)]
+    Tuntap(#[from] crate::tuntap::TuntapError),
     #[error("{0}")]
     Config(String),
     #[error("{context}: {source}")]

@@ -19,5 +19,6 @@ pub mod network;
 pub mod process;
 pub mod sandbox;
 pub mod state;
+pub mod tuntap;
 
 pub use error::{Error, Result};

@@ -78,6 +78,24 @@ impl Link {
     }
 }
 
+/// A TUN/TAP device as the kernel reports it (IFLA_INFO_KIND "tun" and its IFLA_TUN_* data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunLink {
+    pub index: u32,
+    pub name: String,
+    /// True for TAP (Ethernet frames), false for TUN (IP packets).
+    pub tap: bool,
+    /// Whether packets carry the 4-byte packet-information prefix (no IFF_NO_PI).
+    pub packet_info: bool,
+    pub vnet_hdr: bool,
+    pub persist: bool,
+    pub multi_queue: bool,
+    pub num_queues: Option<u32>,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    pub up: bool,
+}
+
 /// A route as the kernel reports it (main table only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -197,6 +215,19 @@ impl Netlink {
             .await
             .map_err(|e| request_error("listing links".into(), e))?;
         Ok(msgs.iter().map(link_from_message).collect())
+    }
+
+    /// The TUN/TAP devices of the namespace, with their flags, owner and group.
+    pub async fn tun_links(&self) -> Result<Vec<TunLink>> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| request_error("listing links".into(), e))?;
+        Ok(msgs.iter().filter_map(tun_from_message).collect())
     }
 
     /// Creates the bridge, or reuses it when it exists (as a bridge); sets the MTU and brings it
@@ -738,6 +769,66 @@ fn link_from_message(msg: &LinkMessage) -> Link {
         }
     }
     link
+}
+
+fn tun_from_message(msg: &LinkMessage) -> Option<TunLink> {
+    use netlink_packet_core::Nla;
+    // IFLA_TUN_* (linux/if_link.h).
+    const OWNER: u16 = 1;
+    const GROUP: u16 = 2;
+    const TYPE: u16 = 3;
+    const PI: u16 = 4;
+    const VNET_HDR: u16 = 5;
+    const PERSIST: u16 = 6;
+    const MULTI_QUEUE: u16 = 7;
+    const NUM_QUEUES: u16 = 8;
+    let link = link_from_message(msg);
+    if link.kind.as_deref() != Some("tun") {
+        return None;
+    }
+    let mut tun = TunLink {
+        index: link.index,
+        name: link.name,
+        tap: false,
+        packet_info: false,
+        vnet_hdr: false,
+        persist: false,
+        multi_queue: false,
+        num_queues: None,
+        owner: None,
+        group: None,
+        up: link.up,
+    };
+    let infos = msg.attributes.iter().filter_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    });
+    for info in infos.flatten() {
+        let LinkInfo::Data(InfoData::Tun(nlas)) = info else {
+            continue;
+        };
+        for nla in nlas {
+            let mut value = vec![0u8; nla.value_len()];
+            nla.emit_value(&mut value);
+            let byte = value.first().copied().unwrap_or(0);
+            let word = <[u8; 4]>::try_from(value.as_slice())
+                .ok()
+                .map(u32::from_ne_bytes);
+            match nla.kind() {
+                // An owner or group of -1 means none.
+                OWNER => tun.owner = word.filter(|w| *w != u32::MAX),
+                GROUP => tun.group = word.filter(|w| *w != u32::MAX),
+                TYPE => tun.tap = byte == libc::IFF_TAP as u8,
+                PI => tun.packet_info = byte != 0,
+                VNET_HDR => tun.vnet_hdr = byte != 0,
+                PERSIST => tun.persist = byte != 0,
+                MULTI_QUEUE => tun.multi_queue = byte != 0,
+                NUM_QUEUES => tun.num_queues = word,
+                _ => {}
+            }
+        }
+    }
+    Some(tun)
 }
 
 fn errno_of(e: &rtnetlink::Error) -> Option<i32> {

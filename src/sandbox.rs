@@ -20,6 +20,7 @@ use crate::netlink::Netlink;
 use crate::netns::NetNs;
 use crate::network::{self, NetworkSpec};
 use crate::process::{self, NetSetup, PrivateFiles, SandboxSpec, UserSpec};
+use crate::tuntap::{TunBuilder, TunRequest};
 use crate::{Error, Result};
 
 /// How the sandbox is networked.
@@ -52,6 +53,8 @@ pub struct RunSpec {
     pub user: Option<UserSpec>,
     /// `--name`: the sandbox appears as /run/netns/NAME while it lives.
     pub name: Option<String>,
+    /// TUN devices made inside the sandbox before CMD starts (`--tun NAME[:ADDR/LEN]`).
+    pub tuns: Vec<TunRequest>,
 }
 
 /// True when netbox can build bridge networks: it needs CAP_NET_ADMIN for netlink and
@@ -69,6 +72,11 @@ pub fn run(spec: RunSpec) -> Result<i32> {
     match &spec.net {
         NetMode::None if spec.name.is_some() => Err(Error::Config(
             "--name needs a bridge network (--net bridge)".into(),
+        )),
+        NetMode::None if !privileged() && !spec.tuns.is_empty() => Err(Error::Config(
+            "--tun needs root: the TUN device is made by netbox in the sandbox's namespace, \
+             which a rootless sandbox keeps inside its own user namespace"
+                .into(),
         )),
         NetMode::None if !privileged() => exec(&spec, NetSetup::NewRootless),
         // The child makes its namespace and brings loopback up itself.
@@ -137,6 +145,7 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
         };
         let attached: Attachment =
             attach::attach_to_bridge(&host, &sandbox, &ns, network, &bridge, &attach_spec).await?;
+        create_tuns(spec, &sandbox, &ns).await?;
         let named = match &spec.name {
             Some(name) => Some(crate::named::publish_run(
                 name,
@@ -213,8 +222,50 @@ pub fn exec_in(spec: &RunSpec, ns: &NetNs, addrs: &[IpAddr]) -> Result<i32> {
 }
 
 fn exec(spec: &RunSpec, net: NetSetup) -> Result<i32> {
-    let child = process::prepare(&sandbox_spec(spec, net))?;
+    let mut child = process::prepare(&sandbox_spec(spec, net))?;
+    if !spec.tuns.is_empty() {
+        let (ns, socket) = child.take_network()?;
+        runtime()?.block_on(async {
+            let ns = NetNs::from_fd(ns)?;
+            let sandbox = Netlink::from_fd(socket)?;
+            create_tuns(spec, &sandbox, &ns).await
+        })?;
+    }
     start_and_wait(child, &private_files(spec, &[]))
+}
+
+/// Makes the `--tun` devices inside the sandbox: persistent (CMD attaches by name), owned by
+/// the user CMD runs as, addressed and up. They die with the namespace.
+async fn create_tuns(spec: &RunSpec, sandbox: &Netlink, ns: &NetNs) -> Result<()> {
+    // CMD runs without CAP_NET_ADMIN: only ownership lets it attach, even as root.
+    let (uid, gid) = match spec.user.clone().or_else(UserSpec::from_sudo_env) {
+        Some(user) => (user.uid, user.gid),
+        None => (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        ),
+    };
+    if !spec.tuns.is_empty() && !clone_device_usable_by(uid, gid) {
+        eprintln!(
+            "netbox: warning: CMD runs as uid {uid}, who cannot open {}: it will not be able to \
+             attach to its TUN device (make it mode 0666, as most distributions ship it, or run \
+             CMD as root)",
+            crate::tuntap::ioctl::CLONE_DEVICE
+        );
+    }
+    for request in &spec.tuns {
+        let builder = TunBuilder::tun().name(&request.name).owner(uid).group(gid);
+        let name = ns.run_in(move || builder.create_persistent())??;
+        let link = sandbox
+            .link_by_name(&name)
+            .await?
+            .ok_or_else(|| crate::netlink::NetlinkError::LinkNotFound { name: name.clone() })?;
+        if let Some(address) = request.address {
+            sandbox.add_address(&link, address).await?;
+        }
+        sandbox.set_up(link.index, &name).await?;
+    }
+    Ok(())
 }
 
 /// Starts the prepared child unless a forwarded signal came during set-up (blocked until now):
@@ -225,6 +276,20 @@ fn start_and_wait(child: process::Pending, files: &PrivateFiles) -> Result<i32> 
         return Ok(128 + sig as i32);
     }
     Ok(child.start(files)?.wait()?)
+}
+
+/// Whether a user may open /dev/net/tun read-write (by its mode: CMD keeps no DAC override
+/// unless it is root).
+fn clone_device_usable_by(uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(crate::tuntap::ioctl::CLONE_DEVICE) else {
+        return false;
+    };
+    let mode = meta.mode();
+    uid == 0
+        || mode & 0o006 == 0o006
+        || (meta.gid() == gid && mode & 0o060 == 0o060)
+        || (meta.uid() == uid && mode & 0o600 == 0o600)
 }
 
 fn sandbox_spec(spec: &RunSpec, net: NetSetup) -> SandboxSpec {

@@ -6,3 +6,4 @@ mod ipam;
 mod lifecycle;
 mod netlink;
 mod run;
+mod tuntap;

@@ -144,7 +144,9 @@ impl From<crate::Error> for CniError {
                 _ => code::INVALID_CONFIG,
             },
             crate::Error::Config(_) => code::INVALID_CONFIG,
-            crate::Error::Io { .. } | crate::Error::Process(_) => code::IO_FAILURE,
+            crate::Error::Io { .. } | crate::Error::Process(_) | crate::Error::Tuntap(_) => {
+                code::IO_FAILURE
+            }
         };
         CniError::new(code, e.to_string())
     }
