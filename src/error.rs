@@ -12,6 +12,8 @@ pub enum Error {
     Ipam(#[from] crate::ipam::IpamError),
     #[error(transparent)]
     Process(#[from] crate::process::ProcessError),
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
     #[error("{0}")]
     Config(String),
     #[error("{context}: {source}")]

@@ -10,6 +10,7 @@ pub mod attach;
 pub mod cni;
 pub mod dns;
 pub mod error;
+pub mod firewall;
 pub mod ipam;
 pub mod netlink;
 pub mod netns;

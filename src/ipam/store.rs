@@ -109,6 +109,18 @@ impl Owner {
         }
     }
 
+    /// A stable string naming the owner (`cni/<container>+<ifname>` or
+    /// `proc/<pid>.<start time>`, escaped as the index names are); [`Owner::from_key`] reads it
+    /// back. Other modules (the firewall) tag what they make for the owner with it.
+    pub fn key(&self) -> Result<String> {
+        self.index_name()
+    }
+
+    /// The owner a [`Owner::key`] stands for.
+    pub fn from_key(key: &str) -> Option<Owner> {
+        Owner::from_index_name(key)
+    }
+
     /// The owner's index, relative to `owners/`: `cni/<container>+<ifname>` or
     /// `proc/<pid>.<start time>`. Container ids and interface names are escaped (`%XX` for
     /// anything but `[A-Za-z0-9._-]`), so every owner gets its own file name, none is a path, and
