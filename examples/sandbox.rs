@@ -32,6 +32,10 @@ fn main() {
         cwd: None,
         keep_caps: vec![],
         user: None,
+        publish: vec![],
+        masquerade: None,
+        isolate: false,
+        block_host: false,
     };
     match sandbox::run(spec) {
         Ok(code) => std::process::exit(code),

@@ -75,6 +75,24 @@ struct RunArgs {
     /// Run the command as USER[:GROUP] (default: the invoking user under sudo, else yourself).
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
+    /// Publish a port: HOSTPORT on every host address (or HOSTIP) to the sandbox's PORT
+    /// (repeatable; tcp unless /udp).
+    #[arg(short = 'p', long = "publish", value_name = "[HOSTIP:]HOSTPORT:PORT[/tcp|udp]",
+          value_parser = parse_publish)]
+    publish: Vec<netbox::firewall::PortMapping>,
+    /// Masquerade the sandbox's traffic leaving the network (default for the built-in network;
+    /// a conflist network follows its ipMasq).
+    #[arg(long, overrides_with = "no_masquerade")]
+    masquerade: bool,
+    /// Do not masquerade (with no other firewall option, no rule is made at all).
+    #[arg(long, overrides_with = "masquerade")]
+    no_masquerade: bool,
+    /// Only the gateway is reachable on the bridge: no traffic with other sandboxes.
+    #[arg(long)]
+    isolate: bool,
+    /// The sandbox cannot reach the host's own addresses (replies to the host still pass).
+    #[arg(long)]
+    block_host: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -95,6 +113,10 @@ fn parse_ip(s: &str) -> Result<IpNetwork, String> {
         let full = if ip.is_ipv4() { 32 } else { 128 };
         IpNetwork::new(ip, full).map_err(|e| e.to_string())
     }
+}
+
+fn parse_publish(s: &str) -> Result<netbox::firewall::PortMapping, String> {
+    netbox::firewall::PortMapping::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_mac(s: &str) -> Result<Mac, String> {
@@ -171,6 +193,14 @@ fn run(args: RunArgs) -> i32 {
         cwd: args.cwd,
         keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
         user,
+        publish: args.publish,
+        masquerade: match (args.masquerade, args.no_masquerade) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        isolate: args.isolate,
+        block_host: args.block_host,
     };
     match sandbox::run(spec) {
         Ok(code) => code,

@@ -15,6 +15,7 @@ use ipnetwork::IpNetwork;
 
 use crate::attach::{self, AttachSpec, Attachment};
 use crate::dns;
+use crate::firewall::{self, FirewallSpec, PortMapping};
 use crate::ipam::{Owner, Store};
 use crate::netlink::Netlink;
 use crate::netns::NetNs;
@@ -50,6 +51,15 @@ pub struct RunSpec {
     pub cwd: Option<PathBuf>,
     pub keep_caps: Vec<caps::Capability>,
     pub user: Option<UserSpec>,
+    /// Published ports (`-p`).
+    pub publish: Vec<PortMapping>,
+    /// Masquerade traffic leaving the network; None: the network's default (on for the
+    /// built-in network, the conflist's `ipMasq` otherwise).
+    pub masquerade: Option<bool>,
+    /// Only the gateway is reachable on the bridge.
+    pub isolate: bool,
+    /// The sandbox cannot reach the host's own addresses.
+    pub block_host: bool,
 }
 
 /// True when netbox can build bridge networks: it needs CAP_NET_ADMIN for netlink and
@@ -131,7 +141,20 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     });
     // The runtime and its sockets are gone here: only the child holds the namespace, which
     // dies with CMD and takes the veth with it.
-    let attached = match wired {
+    let firewall = wired.and_then(|attached| {
+        let fw = firewall_spec(spec, network, &owner, &attached)?;
+        if let Some(fw) = &fw {
+            if let Err(e) = firewall::reclaim_dead() {
+                tracing::warn!(%e, "removing rules of dead sandboxes failed");
+            }
+            for notice in firewall::apply(fw)?.notices {
+                eprintln!("netbox: {notice}");
+            }
+            phase("firewall applied");
+        }
+        Ok((attached, fw.is_some()))
+    });
+    let (attached, has_rules) = match firewall {
         Ok(a) => a,
         Err(e) => {
             drop(child); // kills the waiting child, and with it the namespace
@@ -143,11 +166,64 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     let ips: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
     let result = start_and_wait(child, &private_files(spec, &ips));
     phase("command ended");
+    // Unlike the veth, rules outlive the namespace: they go now (or, after a crash, at the next
+    // run or GC, which find them by owner).
+    if has_rules {
+        if let Err(e) = firewall::remove(&owner) {
+            eprintln!("netbox: warning: {e}; the next run removes these rules");
+        }
+    }
     if let Err(e) = store.release(&owner) {
         tracing::warn!(%e, "releasing the lease failed; the next run reclaims it");
     }
     phase("lease released");
     result
+}
+
+/// The sandbox's firewall, or None when it needs no rule. Masquerade defaults to on for the
+/// built-in network (as docker and podman do) and to the conflist's `ipMasq` otherwise; once any
+/// rule is made, anti-spoofing and isolation from other networks come with it.
+fn firewall_spec(
+    spec: &RunSpec,
+    network: &NetworkSpec,
+    owner: &Owner,
+    attached: &Attachment,
+) -> Result<Option<FirewallSpec>> {
+    let masquerade = spec
+        .masquerade
+        .unwrap_or_else(|| network.source.as_deref().is_none_or(conflist_ip_masq));
+    if !(masquerade || !spec.publish.is_empty() || spec.isolate || spec.block_host) {
+        return Ok(None);
+    }
+    let mut fw = FirewallSpec::new(owner.clone(), &attached.bridge.name, &attached.host.name);
+    fw.mac = attached.sandbox.mac;
+    fw.addresses = attached.addresses.clone();
+    fw.masquerade = masquerade;
+    fw.ports = spec.publish.clone();
+    fw.spoof_check = true;
+    fw.isolate = spec.isolate;
+    fw.isolate_networks = true;
+    fw.block_host = spec.block_host;
+    Ok(Some(fw))
+}
+
+/// The `ipMasq` of the bridge plugin in a conflist.
+fn conflist_ip_masq(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(conf) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let plugins = match conf.get("plugins").and_then(|p| p.as_array()) {
+        Some(list) => list.clone(),
+        None => vec![conf],
+    };
+    plugins.iter().any(|p| {
+        p.get("ipMasq")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    })
 }
 
 fn allocate(

@@ -333,6 +333,10 @@ fn run_case(file: &Path) -> Result<(), String> {
         if (!gone || !leases().is_empty()) && outcome.is_ok() {
             outcome = Err(format!("DEL left {:?} {:?}", host_veths(), leases()));
         }
+        let tables = crate::firewall::netbox_tables();
+        if !tables.is_empty() && outcome.is_ok() {
+            outcome = Err(format!("DEL left nft tables {tables:?}"));
+        }
     }
     for cmd in case["cleanup"].as_array().into_iter().flatten() {
         sh(cmd.as_str().unwrap_or("true"));
