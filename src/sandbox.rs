@@ -144,9 +144,6 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     let firewall = wired.and_then(|attached| {
         let fw = firewall_spec(spec, network, &owner, &attached)?;
         if let Some(fw) = &fw {
-            if let Err(e) = firewall::reclaim_dead() {
-                tracing::warn!(%e, "removing rules of dead sandboxes failed");
-            }
             for notice in firewall::apply(fw)?.notices {
                 eprintln!("netbox: {notice}");
             }
@@ -166,10 +163,10 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     let ips: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
     let result = start_and_wait(child, &private_files(spec, &ips));
     phase("command ended");
-    // Unlike the veth, rules outlive the namespace: they go now (or, after a crash, at the next
-    // run or GC, which find them by owner).
+    // Unlike the veth, rules outlive the namespace: they go now, with those of runs that died
+    // without removing theirs (found by owner), in a transaction left to finish on its own.
     if has_rules {
-        if let Err(e) = firewall::remove(&owner) {
+        if let Err(e) = firewall::remove_in_background(&owner) {
             eprintln!("netbox: warning: {e}; the next run removes these rules");
         }
     }

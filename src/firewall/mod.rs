@@ -322,22 +322,38 @@ fn delete_commands(table: &str, families: &[String]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Removes every rule of `owner`, in one transaction; nothing to do is success.
+/// Deleting `table` in every family whether it exists or not: adding an existing table is a
+/// no-op, so "add, delete" is an idempotent delete in one transaction, without listing first
+/// and without racing a concurrent remover.
+fn destroy_commands(table: &str) -> Vec<serde_json::Value> {
+    FAMILIES
+        .iter()
+        .flat_map(|family| {
+            [
+                json!({"add": {"table": {"family": family, "name": table}}}),
+                json!({"delete": {"table": {"family": family, "name": table}}}),
+            ]
+        })
+        .collect()
+}
+
+/// Removes every rule of `owner`, in one transaction; nothing to remove is success.
 pub fn remove(owner: &Owner) -> Result<(), FirewallError> {
-    let table = table_name(owner)?;
-    for attempt in 0..2 {
-        let families = existing(&table)?;
-        if families.is_empty() {
-            return Ok(());
-        }
-        match nft::apply(delete_commands(&table, &families)) {
-            // A concurrent remover was quicker: look again.
-            Err(FirewallError::Nft { reason, .. })
-                if attempt == 0 && reason.contains("No such file") => {}
-            other => return other,
-        }
+    nft::apply(destroy_commands(&table_name(owner)?))
+}
+
+/// Removes the rules of `owner` and of every dead `netbox run` owner in one transaction that
+/// completes in the background (deleting hooked chains waits for RCU grace periods, tens of
+/// milliseconds that would otherwise sit on `netbox run`'s exit path).
+pub fn remove_in_background(owner: &Owner) -> Result<(), FirewallError> {
+    let mut commands = destroy_commands(&table_name(owner)?);
+    for dead in owners()?
+        .into_iter()
+        .filter(|o| o != owner && matches!(o, Owner::Process { .. }) && !o.is_alive())
+    {
+        commands.extend(destroy_commands(&table_name(&dead)?));
     }
-    Ok(())
+    nft::apply_detached(commands)
 }
 
 /// Owners that have rules in the current network namespace.

@@ -35,6 +35,7 @@ pub fn available() -> bool {
 /// Runs `nft -j` with `args`, feeding `input` on stdin; its JSON output, if any.
 fn run(args: &[&str], input: Option<&[u8]>) -> Result<Option<Value>, FirewallError> {
     let nft = binary()?;
+    let start = std::time::Instant::now();
     let mut child = Command::new(&nft)
         .arg("-j")
         .args(args)
@@ -58,6 +59,7 @@ fn run(args: &[&str], input: Option<&[u8]>) -> Result<Option<Value>, FirewallErr
         what: format!("waiting for {}", nft.display()),
         reason: e.to_string(),
     })?;
+    tracing::debug!(us = start.elapsed().as_micros() as u64, ?args, "nft");
     if !out.status.success() {
         return Err(FirewallError::Nft {
             what: format!("nft -j {}", args.join(" ")),
@@ -82,6 +84,39 @@ pub fn apply(commands: Vec<Value>) -> Result<(), FirewallError> {
     }
     let batch = json!({ "nftables": commands });
     run(&["-f", "-"], Some(batch.to_string().as_bytes())).map(|_| ())
+}
+
+/// Starts `nft -j -f -` on `commands` without waiting for it: the transaction completes on its
+/// own (in its own process group, so a terminal's signals do not reach it). For work off a
+/// critical path whose commands are idempotent.
+pub fn apply_detached(commands: Vec<Value>) -> Result<(), FirewallError> {
+    use std::os::unix::process::CommandExt;
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let nft = binary()?;
+    let batch = json!({ "nftables": commands }).to_string();
+    let mut child = Command::new(&nft)
+        .args(["-j", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| FirewallError::Nft {
+            what: format!("starting {}", nft.display()),
+            reason: e.to_string(),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A few kilobytes: the pipe takes them without nft having to read first.
+        stdin
+            .write_all(batch.as_bytes())
+            .map_err(|e| FirewallError::Nft {
+                what: "writing the batch to nft".into(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
 }
 
 /// A table: family and name.
