@@ -32,7 +32,8 @@ fn main() {
         }
     }
     private_host();
-    let ports = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
+    let ports =
+        json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]});
     let bridge = json!({
         "cniVersion": "1.0.0", "name": "refbench", "type": "bridge", "bridge": "refbench0",
         "isGateway": true, "isDefaultGateway": true, "ipMasq": true,
@@ -56,7 +57,7 @@ fn main() {
     let mut times: [Vec<Duration>; 4] = Default::default();
     for i in 0..=n {
         let record = i > 0; // the first cycle of each creates its bridge and base tables
-        // Reference chain.
+                            // Reference chain.
         let id = format!("r{i}");
         let path = netns(&id);
         let start = Instant::now();
@@ -94,10 +95,7 @@ fn main() {
         "{:<5} {:>28} {:>12} {:>8}",
         "op", "reference bridge+portmap", "netbox-cni", "ratio"
     );
-    for (op, r, nb, target) in [
-        ("ADD", 0, 2, " (target <= 0.30)"),
-        ("DEL", 1, 3, ""),
-    ] {
+    for (op, r, nb, target) in [("ADD", 0, 2, " (target <= 0.30)"), ("DEL", 1, 3, "")] {
         let (r_med, nb_med) = (median(&mut times[r]), median(&mut times[nb]));
         println!(
             "{op:<5} {:>25.2} ms {:>9.2} ms {:>8.3}{target}",

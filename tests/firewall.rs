@@ -564,3 +564,29 @@ fn rules_of_a_killed_run_are_reclaimed_by_the_next_run() {
     assert!(out.status.success());
     eventually("the dead run's rules are removed", || ruleset() == before);
 }
+
+#[test]
+fn cni_add_over_rules_left_by_a_crash_replaces_them() {
+    if !private_host("firewall::cni_add_over_rules_left_by_a_crash_replaces_them") {
+        return;
+    }
+    let config = conf(
+        "again",
+        "nbf0",
+        "10.91.0.0/24",
+        json!({"ipMasq": true, "macspoofchk": true,
+               "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}),
+    );
+    add("x", &config);
+    // The runtime lost the container: namespace gone, no DEL; then the same id comes back.
+    netns::delete_named("x").expect("delete netns");
+    let (_, result) = add("x", &config);
+    assert_eq!(netbox_tables().len(), 2, "{:?}", netbox_tables());
+    // Not doubled: CHECK counts the rules.
+    let mut check = config.clone();
+    check["prevResult"] = result;
+    let (ok, out, stderr) = cni("CHECK", "x", Some("x"), &check);
+    assert!(ok, "{out} {stderr}");
+    del("x", &config);
+    assert!(netbox_tables().is_empty());
+}
