@@ -529,9 +529,10 @@ fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         })
     });
     let addresses = ipam_del(env, conf, stdin);
-    // Rules go whatever the configuration says now: it may have changed since the ADD. Without
-    // nft there can be no rules.
-    let rules = if conf.wants_firewall() || firewall::nft::available() {
+    // A DEL gets the ADD's configuration: rules exist only if it asks for some (GC removes those
+    // of attachments whose configuration changed in between). Networks without any firewall
+    // option pay nothing for it.
+    let rules = if conf.wants_firewall() {
         firewall::remove(&owner(env)).map_err(CniError::from)
     } else {
         Ok(())
