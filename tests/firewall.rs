@@ -590,3 +590,53 @@ fn cni_add_over_rules_left_by_a_crash_replaces_them() {
     del("x", &config);
     assert!(netbox_tables().is_empty());
 }
+
+#[test]
+fn cni_ipv6_ports_and_masquerade_work_too() {
+    if !private_host("firewall::cni_ipv6_ports_and_masquerade_work_too") {
+        return;
+    }
+    let config = conf(
+        "dual",
+        "nbf0",
+        "10.91.0.0/24",
+        json!({"ipMasq": true, "macspoofchk": true,
+               "ipam": {"type": "netbox", "ranges": [[{"subnet": "10.91.0.0/24"}],
+                                                     [{"subnet": "fd00:91::/64"}]]},
+               "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}),
+    );
+    let (_, result) = add("server", &config);
+    let (ok, _, stderr) = cni("CHECK", "server", Some("server"), &{
+        let mut c = config.clone();
+        c["prevResult"] = result;
+        c
+    });
+    assert!(ok, "{stderr}");
+    assert_eq!(read_sysctl("/proc/sys/net/ipv6/conf/all/forwarding"), "1");
+    serve_tcp(Some("server"), "::".parse().expect("ip"), 80);
+    netns::create_named("client").expect("netns");
+    sh(
+        "ip link add h-client type veth peer name eth0 netns client && \
+        ip addr add fd00:77::1/64 dev h-client nodad && ip link set h-client up && \
+        ip -n client addr add fd00:77::2/64 dev eth0 nodad && ip -n client link set eth0 up && \
+        ip -n client route add default via fd00:77::1",
+    );
+    // Published on the host's IPv6 address, reached from another machine (once the links'
+    // IPv6 link-local addresses are usable).
+    let mut seen = None;
+    eventually("the IPv6 published port answers", || {
+        seen = ask_tcp(Some("client"), None, addr("fd00:77::1", 8080));
+        seen.is_some()
+    });
+    assert_eq!(seen.as_deref(), Some("fd00:77::2"));
+    // Masquerade: the client namespace has no route back to fd00:91::/64 other than the host,
+    // so drop that route and see the host's address arrive.
+    sh("ip -n client route del default via fd00:77::1");
+    serve_tcp(Some("client"), "fd00:77::2".parse().expect("ip"), 9000);
+    assert_eq!(
+        ask_tcp(Some("server"), None, addr("fd00:77::2", 9000)).as_deref(),
+        Some("fd00:77::1")
+    );
+    del("server", &config);
+    assert!(netbox_tables().is_empty());
+}
