@@ -6,6 +6,11 @@
 //! of the namespace exits, the kernel destroys it and with it both ends of the veth. The lease
 //! records netbox's pid and start time, so even after a SIGKILL it is reclaimed by the next run.
 //! No synchronous veth deletion (tens of ms) is ever on the exit path.
+//!
+//! Firewall rules (masquerade, on by default on the built-in network; published ports) are the
+//! exception the kernel does not clean up: they are tagged with the same owner as the lease,
+//! removed when CMD ends by an nft transaction netbox does not wait for, and those of a run
+//! killed with SIGKILL are removed by the next run that makes rules (or by GC).
 
 use std::ffi::OsString;
 use std::net::IpAddr;
