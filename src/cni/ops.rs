@@ -232,6 +232,10 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
     let start = std::time::Instant::now();
     let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
     let (ns, ns_path) = netns_of(env, code::INVALID_ENVIRONMENT)?;
+    if conf.wants_firewall() {
+        // Refused before anything is made, rather than rolled back.
+        firewall::nft::binary()?;
+    }
     runtime()?.block_on(async {
         let host = Netlink::connect()?;
         let sandbox = Netlink::connect_in(&ns)?;
@@ -792,6 +796,11 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
                 b.kind.as_deref().unwrap_or("device of unknown kind")
             ),
         ));
+    }
+    if conf.wants_firewall() {
+        if let Err(e) = firewall::nft::binary() {
+            return Err(CniError::new(code::NOT_AVAILABLE, e.to_string()));
+        }
     }
     if let Ipam::Builtin(cfg) = &conf.ipam {
         let leases = open_store(conf, cfg)?.leases()?;
