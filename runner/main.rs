@@ -80,11 +80,11 @@ struct RunArgs {
     #[arg(short = 'p', long = "publish", value_name = "[HOSTIP:]HOSTPORT:PORT[/tcp|udp]",
           value_parser = parse_publish)]
     publish: Vec<netbox::firewall::PortMapping>,
-    /// Masquerade the sandbox's traffic leaving the network (default for the built-in network;
-    /// a conflist network follows its ipMasq).
+    /// Masquerade the sandbox's traffic leaving the network (off by default on the built-in
+    /// network; a conflist network follows its ipMasq).
     #[arg(long, overrides_with = "no_masquerade")]
     masquerade: bool,
-    /// Do not masquerade (with no other firewall option, no rule is made at all).
+    /// Do not masquerade, even on a conflist network with ipMasq.
     #[arg(long, overrides_with = "masquerade")]
     no_masquerade: bool,
     /// Only the gateway is reachable on the bridge: no traffic with other sandboxes.
