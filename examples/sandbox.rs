@@ -34,6 +34,10 @@ fn main() {
         user: None,
         name: None,
         tuns: vec![],
+        publish: vec![],
+        masquerade: None,
+        isolate: false,
+        block_host: false,
     };
     match sandbox::run(spec) {
         Ok(code) => std::process::exit(code),

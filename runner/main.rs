@@ -95,6 +95,24 @@ struct RunArgs {
     /// Run the command as USER[:GROUP] (default: the invoking user under sudo, else yourself).
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
+    /// Publish a port: HOSTPORT on every host address (or HOSTIP) to the sandbox's PORT
+    /// (repeatable; tcp unless /udp).
+    #[arg(short = 'p', long = "publish", value_name = "[HOSTIP:]HOSTPORT:PORT[/tcp|udp]",
+          value_parser = parse_publish)]
+    publish: Vec<netbox::firewall::PortMapping>,
+    /// Masquerade the sandbox's traffic leaving the network (off by default on the built-in
+    /// network; a conflist network follows its ipMasq).
+    #[arg(long, overrides_with = "no_masquerade")]
+    masquerade: bool,
+    /// Do not masquerade, even on a conflist network with ipMasq.
+    #[arg(long, overrides_with = "masquerade")]
+    no_masquerade: bool,
+    /// Only the gateway is reachable on the bridge: no traffic with other sandboxes.
+    #[arg(long)]
+    isolate: bool,
+    /// The sandbox cannot reach the host's own addresses (replies to the host still pass).
+    #[arg(long)]
+    block_host: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -122,6 +140,10 @@ fn parse_ip(s: &str) -> Result<IpNetwork, String> {
         let full = if ip.is_ipv4() { 32 } else { 128 };
         IpNetwork::new(ip, full).map_err(|e| e.to_string())
     }
+}
+
+fn parse_publish(s: &str) -> Result<netbox::firewall::PortMapping, String> {
+    netbox::firewall::PortMapping::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_mac(s: &str) -> Result<Mac, String> {
@@ -206,6 +228,14 @@ fn run(args: RunArgs) -> i32 {
         user,
         name: args.name,
         tuns: args.tuns,
+        publish: args.publish,
+        masquerade: match (args.masquerade, args.no_masquerade) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        isolate: args.isolate,
+        block_host: args.block_host,
     };
     match sandbox::run(spec) {
         Ok(code) => code,

@@ -161,6 +161,10 @@ pub fn exec(args: ExecArgs) -> i32 {
         user,
         name: None,
         tuns: vec![],
+        publish: vec![],
+        masquerade: None,
+        isolate: false,
+        block_host: false,
     };
     match named::exec(&args.name, &spec) {
         Ok(code) => code,
@@ -200,6 +204,9 @@ pub fn ls(args: LsArgs) -> i32 {
             "stale lease: {} in network {} held by {}",
             l.ip, l.network, l.owner
         );
+    }
+    for r in &listing.stale_rules {
+        println!("stale firewall rules: table {} of {}", r.table, r.owner);
     }
     0
 }

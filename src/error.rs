@@ -14,6 +14,8 @@ pub enum Error {
     Process(#[from] crate::process::ProcessError),
     #[error(transparent)]
     Tuntap(#[from] crate::tuntap::TuntapError),
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
     #[error("{0}")]
     Config(String),
     #[error("{context}: {source}")]

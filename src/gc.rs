@@ -268,10 +268,25 @@ pub fn gc(dry_run: bool) -> Result<Report> {
         }
     }
 
-    // Firewall rules of gone owners go here, once the firewall module exists:
-    //     for owner in crate::firewall::owners()? {
-    //         if view.owner_stale(&owner) { note(.., "firewall", .., crate::firewall::remove(&owner)) }
-    //     }
+    // Firewall rules (netbox's own nftables tables) of gone owners. Without nft there is no
+    // rule netbox could have made.
+    if crate::firewall::nft::available() {
+        match crate::firewall::owners() {
+            Ok(owners) => {
+                for owner in owners.iter().filter(|o| view.owner_stale(o)) {
+                    let name =
+                        crate::firewall::table_name(owner).unwrap_or_else(|_| owner_text(owner));
+                    let r = if dry_run {
+                        Ok(())
+                    } else {
+                        crate::firewall::remove(owner).map_err(crate::Error::from)
+                    };
+                    note(&mut report, "firewall", name, Some(owner), r);
+                }
+            }
+            Err(e) => report.errors.push(format!("firewall: {e}")),
+        }
+    }
 
     // Records last: each stays until what it stands for is gone, so an interrupted gc resumes.
     let failed = !report.errors.is_empty();
@@ -362,6 +377,15 @@ pub struct Listing {
     pub sandboxes: Vec<Entry>,
     /// Leases whose owner is gone (a live owner's leases are its entry's addresses).
     pub stale_leases: Vec<LeaseEntry>,
+    /// Firewall tables whose owner is gone.
+    pub stale_rules: Vec<RuleEntry>,
+}
+
+/// A firewall table (one attachment's rules) whose owner is gone.
+#[derive(Debug, Serialize)]
+pub struct RuleEntry {
+    pub table: String,
+    pub owner: String,
 }
 
 /// Every sandbox netbox owns, and leases whose owner is gone.
@@ -452,6 +476,16 @@ pub fn ls() -> Result<Listing> {
                 "live"
             },
         });
+    }
+    if crate::firewall::nft::available() {
+        for owner in crate::firewall::owners().unwrap_or_default() {
+            if view.owner_stale(&owner) {
+                out.stale_rules.push(RuleEntry {
+                    table: crate::firewall::table_name(&owner).unwrap_or_default(),
+                    owner: owner_text(&owner),
+                });
+            }
+        }
     }
     for (network, lease) in leases {
         if view.owner_stale(&lease.owner) {

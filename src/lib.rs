@@ -10,6 +10,7 @@ pub mod attach;
 pub mod cni;
 pub mod dns;
 pub mod error;
+pub mod firewall;
 pub mod gc;
 pub mod ipam;
 pub mod named;

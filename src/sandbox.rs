@@ -6,6 +6,11 @@
 //! of the namespace exits, the kernel destroys it and with it both ends of the veth. The lease
 //! records netbox's pid and start time, so even after a SIGKILL it is reclaimed by the next run.
 //! No synchronous veth deletion (tens of ms) is ever on the exit path.
+//!
+//! Firewall rules (masquerade, published ports, isolation; only when asked for) are the
+//! exception the kernel does not clean up: they are tagged with the same owner as the lease,
+//! removed when CMD ends by an nft transaction netbox does not wait for, and those of a run
+//! killed with SIGKILL are removed by the next run that makes rules (or by GC).
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -15,6 +20,7 @@ use ipnetwork::IpNetwork;
 
 use crate::attach::{self, AttachSpec, Attachment};
 use crate::dns;
+use crate::firewall::{self, FirewallSpec, PortMapping};
 use crate::ipam::{Owner, Store};
 use crate::netlink::Netlink;
 use crate::netns::NetNs;
@@ -55,6 +61,15 @@ pub struct RunSpec {
     pub name: Option<String>,
     /// TUN devices made inside the sandbox before CMD starts (`--tun NAME[:ADDR/LEN]`).
     pub tuns: Vec<TunRequest>,
+    /// Published ports (`-p`).
+    pub publish: Vec<PortMapping>,
+    /// Masquerade traffic leaving the network; None: the network's default (off for the
+    /// built-in network, the conflist's `ipMasq` otherwise).
+    pub masquerade: Option<bool>,
+    /// Only the gateway is reachable on the bridge.
+    pub isolate: bool,
+    /// The sandbox cannot reach the host's own addresses.
+    pub block_host: bool,
 }
 
 /// True when netbox can build bridge networks: it needs CAP_NET_ADMIN for netlink and
@@ -161,7 +176,27 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     });
     // The runtime and its sockets are gone here: only the child holds the namespace, which
     // dies with CMD and takes the veth with it.
-    let (attached, named) = match wired {
+    let firewall = wired.and_then(|(attached, named)| {
+        let applied = firewall_spec(spec, network, &owner, &attached).and_then(|fw| {
+            if let Some(fw) = &fw {
+                for notice in firewall::apply(fw)?.notices {
+                    eprintln!("netbox: {notice}");
+                }
+                phase("firewall applied");
+            }
+            Ok(fw.is_some())
+        });
+        match applied {
+            Ok(has_rules) => Ok((attached, named, has_rules)),
+            Err(e) => {
+                if let Some(record) = &named {
+                    crate::named::unpublish_run(record);
+                }
+                Err(e)
+            }
+        }
+    });
+    let (attached, named, has_rules) = match firewall {
         Ok(a) => a,
         Err(e) => {
             drop(child); // kills the waiting child, and with it the namespace
@@ -176,11 +211,65 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     if let Some(record) = named {
         crate::named::unpublish_run(&record);
     }
+    // Unlike the veth, rules outlive the namespace: they go now, with those of runs that died
+    // without removing theirs (found by owner), in a transaction left to finish on its own.
+    if has_rules {
+        if let Err(e) = firewall::remove_in_background(&owner) {
+            eprintln!("netbox: warning: {e}; the next run removes these rules");
+        }
+    }
     if let Err(e) = store.release(&owner) {
         tracing::warn!(%e, "releasing the lease failed; the next run reclaims it");
     }
     phase("lease released");
     result
+}
+
+/// The sandbox's firewall, or None when it needs no rule. Masquerade is asked for with
+/// `--masquerade`, or by a conflist's `ipMasq`; the built-in network does not masquerade by
+/// default, because rules cost `netbox run` an nft transaction at start (a 2 ms sandbox would
+/// take 20). Once any rule is made, anti-spoofing and isolation from other networks come with it.
+fn firewall_spec(
+    spec: &RunSpec,
+    network: &NetworkSpec,
+    owner: &Owner,
+    attached: &Attachment,
+) -> Result<Option<FirewallSpec>> {
+    let masquerade = spec
+        .masquerade
+        .unwrap_or_else(|| network.source.as_deref().is_some_and(conflist_ip_masq));
+    if !(masquerade || !spec.publish.is_empty() || spec.isolate || spec.block_host) {
+        return Ok(None);
+    }
+    let mut fw = FirewallSpec::new(owner.clone(), &attached.bridge.name, &attached.host.name);
+    fw.mac = attached.sandbox.mac;
+    fw.addresses = attached.addresses.clone();
+    fw.masquerade = masquerade;
+    fw.ports = spec.publish.clone();
+    fw.spoof_check = true;
+    fw.isolate = spec.isolate;
+    fw.isolate_networks = true;
+    fw.block_host = spec.block_host;
+    Ok(Some(fw))
+}
+
+/// The `ipMasq` of the bridge plugin in a conflist.
+fn conflist_ip_masq(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(conf) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let plugins = match conf.get("plugins").and_then(|p| p.as_array()) {
+        Some(list) => list.clone(),
+        None => vec![conf],
+    };
+    plugins.iter().any(|p| {
+        p.get("ipMasq")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    })
 }
 
 pub(crate) fn allocate(

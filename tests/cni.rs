@@ -333,6 +333,10 @@ fn run_case(file: &Path) -> Result<(), String> {
         if (!gone || !leases().is_empty()) && outcome.is_ok() {
             outcome = Err(format!("DEL left {:?} {:?}", host_veths(), leases()));
         }
+        let tables = crate::firewall::netbox_tables();
+        if !tables.is_empty() && outcome.is_ok() {
+            outcome = Err(format!("DEL left nft tables {tables:?}"));
+        }
     }
     for cmd in case["cleanup"].as_array().into_iter().flatten() {
         sh(cmd.as_str().unwrap_or("true"));
@@ -852,7 +856,8 @@ fn prepare_podman_host(work: &Path) {
     std::fs::write(
         work.join("net.d/nbnet.conflist"),
         r#"{"cniVersion":"1.0.0","name":"nbnet","plugins":[{"type":"netbox-cni",
-"bridge":"nbpod0","isGateway":true,"isDefaultGateway":true,
+"bridge":"nbpod0","isGateway":true,"isDefaultGateway":true,"ipMasq":true,
+"capabilities":{"portMappings":true},
 "ipam":{"type":"netbox","subnet":"10.90.0.0/24"}}]}"#,
     )
     .expect("conflist");
@@ -934,6 +939,8 @@ fn podman_containers_on_a_netbox_network_talk_and_rm_leaves_nothing() {
             "a",
             "--network",
             "nbnet",
+            "-p",
+            "18080:8080",
             "localhost/nbtest",
             "httpd",
             "-f",
@@ -970,8 +977,22 @@ fn podman_containers_on_a_netbox_network_talk_and_rm_leaves_nothing() {
         ],
     );
     assert_eq!(page, "hello-from-a");
+    // `-p` arrives as the portMappings capability: the page is published on the host.
+    let mut conn = TcpStream::connect("127.0.0.1:18080").expect("connect to the published port");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .expect("send");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("receive");
+    assert!(reply.contains("hello-from-a"), "{reply}");
     podman(w, &["rm", "-f", "-t", "0", "a"]);
     eventually("podman's veths to go", || host_veths().is_empty());
+    assert!(
+        crate::firewall::netbox_tables().is_empty(),
+        "{:?}",
+        crate::firewall::netbox_tables()
+    );
     assert!(leases().is_empty(), "{:?}", leases());
     // cgroups are not namespaced here: remove the empty ones podman made on the real host.
     let _ = Command::new("sh")

@@ -2,6 +2,7 @@
 mod harness;
 
 mod cni;
+mod firewall;
 mod ipam;
 mod lifecycle;
 mod netlink;

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::result::{CniResult, Dns};
 use super::{code, CniError, Version, SUPPORTED_VERSIONS};
+use crate::firewall::{PortMapping, Protocol};
 use crate::ipam::IpamConfig;
 use crate::netlink::{parse_mac, validate_ifname};
 
@@ -207,6 +208,19 @@ pub struct NetConf {
     pub ipam: Ipam,
     pub dns: Dns,
     pub prev_result: Option<CniResult>,
+    /// `ipMasq`: traffic leaving the network is masqueraded.
+    pub ip_masq: bool,
+    /// `macspoofchk`: frames and packets from the container carry its own MAC and addresses.
+    pub mac_spoof_chk: bool,
+    /// `runtimeConfig.portMappings` (the `portMappings` capability).
+    pub port_mappings: Vec<PortMapping>,
+    /// netbox's `isolate`: only the gateway is reachable on the bridge.
+    pub isolate: bool,
+    /// netbox's `isolateNetworks`: no new connections from other networks except to
+    /// published ports.
+    pub isolate_networks: bool,
+    /// netbox's `blockHost`: the container cannot reach the host's own addresses.
+    pub block_host: bool,
     /// GC: the attachments to keep, as (container id, ifname).
     pub valid_attachments: Vec<(String, String)>,
 }
@@ -261,17 +275,6 @@ impl NetConf {
                 "hairpinMode and promiscMode cannot both be true",
             ));
         }
-        if flag(&v, "ipMasq")? {
-            return Err(CniError::config(
-                "ipMasq: true is not supported yet (netbox has no firewall module); \
-                 set ipMasq to false or chain a masquerading plugin",
-            ));
-        }
-        if flag(&v, "macspoofchk")? {
-            return Err(CniError::config(
-                "macspoofchk: true is not supported yet (netbox has no firewall module)",
-            ));
-        }
         match v.get("vlan") {
             None | Some(Value::Null) => {}
             Some(n) => match n.as_i64() {
@@ -298,6 +301,7 @@ impl NetConf {
         };
         let mut ips = env.args.ips.clone();
         let mut mac = env.args.mac;
+        let mut port_mappings = Vec::new();
         for (section, what) in [
             (v.get("runtimeConfig"), "runtimeConfig"),
             (v.get("args").and_then(|a| a.get("cni")), "args.cni"),
@@ -332,12 +336,9 @@ impl NetConf {
                     CniError::config(format!("{what}.mac: {s:?} is not a MAC address"))
                 })?);
             }
-            if let Some(pm) = section.get("portMappings") {
-                if pm.as_array().is_some_and(|l| !l.is_empty()) {
-                    return Err(CniError::config(format!(
-                        "{what}.portMappings: port mappings are not supported yet (netbox has \
-                         no firewall module); chain the portmap plugin instead"
-                    )));
+            if what == "runtimeConfig" {
+                if let Some(pm) = section.get("portMappings").filter(|l| !l.is_null()) {
+                    port_mappings = parse_port_mappings(pm)?;
                 }
             }
         }
@@ -416,10 +417,26 @@ impl NetConf {
             ipam,
             dns: Dns::from_json(v.get("dns"), "dns")?,
             prev_result,
+            ip_masq: flag(&v, "ipMasq")?,
+            mac_spoof_chk: flag(&v, "macspoofchk")?,
+            port_mappings,
+            isolate: flag(&v, "isolate")?,
+            isolate_networks: flag(&v, "isolateNetworks")?,
+            block_host: flag(&v, "blockHost")?,
             valid_attachments,
         };
         conf.check_command(env.command)?;
         Ok(conf)
+    }
+
+    /// True when the attachment gets firewall rules.
+    pub fn wants_firewall(&self) -> bool {
+        self.ip_masq
+            || self.mac_spoof_chk
+            || !self.port_mappings.is_empty()
+            || self.isolate
+            || self.isolate_networks
+            || self.block_host
     }
 
     /// Operations the configuration's version does not have.
@@ -442,6 +459,44 @@ impl NetConf {
         }
         Ok(())
     }
+}
+
+/// `runtimeConfig.portMappings` as the reference portmap plugin reads it: `hostPort`,
+/// `containerPort`, `protocol` (tcp, udp; default tcp) and `hostIP` (empty: every address).
+fn parse_port_mappings(list: &Value) -> Result<Vec<PortMapping>, CniError> {
+    let what = "runtimeConfig.portMappings";
+    let list = list
+        .as_array()
+        .ok_or_else(|| decode(format!("{what}: must be a list")))?;
+    let mut out = Vec::new();
+    for entry in list {
+        let port = |key: &str| -> Result<u16, CniError> {
+            let n = entry
+                .get(key)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| decode(format!("{what}: {key} must be a number")))?;
+            u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
+                CniError::config(format!("{what}: {key} {n} is not between 1 and 65535"))
+            })
+        };
+        let protocol = match string(entry, "protocol")? {
+            None => Protocol::Tcp,
+            Some(p) => Protocol::parse(p).map_err(|e| CniError::config(format!("{what}: {e}")))?,
+        };
+        let host_ip = match string(entry, "hostIP")? {
+            None | Some("") => None,
+            Some(ip) => Some(ip.parse::<IpAddr>().map_err(|_| {
+                CniError::config(format!("{what}: hostIP {ip:?} is not an IP address"))
+            })?),
+        };
+        out.push(PortMapping {
+            host_ip,
+            host_port: port("hostPort")?,
+            container_port: port("containerPort")?,
+            protocol,
+        });
+    }
+    Ok(out)
 }
 
 fn string<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>, CniError> {

@@ -144,6 +144,10 @@ impl From<crate::Error> for CniError {
                 _ => code::INVALID_CONFIG,
             },
             crate::Error::Config(_) => code::INVALID_CONFIG,
+            crate::Error::Firewall(crate::firewall::FirewallError::Config(_)) => {
+                code::INVALID_CONFIG
+            }
+            crate::Error::Firewall(_) => code::IO_FAILURE,
             crate::Error::Io { .. } | crate::Error::Process(_) | crate::Error::Tuntap(_) => {
                 code::IO_FAILURE
             }
@@ -160,6 +164,12 @@ impl From<crate::netlink::NetlinkError> for CniError {
 
 impl From<crate::ipam::IpamError> for CniError {
     fn from(e: crate::ipam::IpamError) -> CniError {
+        crate::Error::from(e).into()
+    }
+}
+
+impl From<crate::firewall::FirewallError> for CniError {
+    fn from(e: crate::firewall::FirewallError) -> CniError {
         crate::Error::from(e).into()
     }
 }

@@ -19,6 +19,7 @@ use super::delegate;
 use super::result::{CniResult, Dns, Interface, IpConfig, RouteEntry};
 use super::{code, CniError, VersionResult};
 use crate::attach::{self, AttachSpec};
+use crate::firewall::{self, FirewallSpec};
 use crate::ipam::{IpamConfig, Owner, Range, Store};
 use crate::netlink::{Link, Netlink};
 use crate::netns::NetNs;
@@ -69,6 +70,29 @@ fn owner(env: &Env) -> Owner {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
     }
+}
+
+/// The attachment's firewall as the configuration asks for it.
+fn firewall_spec(
+    env: &Env,
+    conf: &NetConf,
+    mac: Option<[u8; 6]>,
+    addresses: Vec<IpNetwork>,
+) -> FirewallSpec {
+    let mut spec = FirewallSpec::new(
+        owner(env),
+        &conf.bridge,
+        &host_ifname(&env.container_id, &env.ifname),
+    );
+    spec.mac = mac;
+    spec.addresses = addresses;
+    spec.masquerade = conf.ip_masq;
+    spec.ports = conf.port_mappings.clone();
+    spec.spoof_check = conf.mac_spoof_chk;
+    spec.isolate = conf.isolate;
+    spec.isolate_networks = conf.isolate_networks;
+    spec.block_host = conf.block_host;
+    spec
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
@@ -208,6 +232,10 @@ fn ipam_del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
 fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
     let start = std::time::Instant::now();
     let (ns, ns_path) = netns_of(env, code::INVALID_ENVIRONMENT)?;
+    if conf.wants_firewall() {
+        // Refused before anything is made, rather than rolled back.
+        firewall::nft::binary()?;
+    }
     // gc waits while an ADD is at work, and the record says what this one makes before it
     // makes anything (see `state`).
     let _lock = state::Lock::shared().map_err(io_failure)?;
@@ -353,6 +381,11 @@ fn add_recorded(
                 // The attachment undid itself (attach's rollback, or the veth removal below);
                 // the addresses go back too, so a failed ADD leaves nothing behind.
                 let _ = host.delete_link(&host_ifname).await;
+                if conf.wants_firewall() {
+                    if let Err(undo) = firewall::remove(&owner(env)) {
+                        tracing::warn!(%undo, "removing rules after a failed ADD");
+                    }
+                }
                 if let Err(undo) = ipam_del(env, conf, stdin) {
                     tracing::warn!(%undo, "releasing addresses after a failed ADD");
                 }
@@ -449,6 +482,18 @@ async fn wire(
     let (bridge_now, hairpin) = futures::join!(host.link_by_index(bridge.index), hairpin);
     hairpin?;
     let bridge = bridge_now?.unwrap_or(bridge);
+    if conf.wants_firewall() {
+        let spec = firewall_spec(
+            env,
+            conf,
+            attached.sandbox.mac,
+            addressing.addresses.iter().map(|a| a.0).collect(),
+        );
+        // The notices go to stderr: stdout carries the result.
+        for notice in firewall::apply(&spec)?.notices {
+            eprintln!("netbox-cni: {notice}");
+        }
+    }
     let mut result = CniResult {
         interfaces: vec![
             interface(&bridge, None),
@@ -561,7 +606,15 @@ fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         })
     });
     let addresses = ipam_del(env, conf, stdin);
-    let result = veth.and(addresses);
+    // A DEL gets the ADD's configuration: rules exist only if it asks for some (GC removes those
+    // of attachments whose configuration changed in between). Networks without any firewall
+    // option pay nothing for it.
+    let rules = if conf.wants_firewall() {
+        firewall::remove(&owner(env)).map_err(CniError::from)
+    } else {
+        Ok(())
+    };
+    let result = veth.and(addresses).and(rules);
     if result.is_ok() {
         // Once the attachment is gone; a DEL that failed is retried by the runtime, or the
         // record lets gc finish it.
@@ -705,6 +758,10 @@ fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                 conf.bridge
             )));
         }
+        if conf.wants_firewall() {
+            let spec = firewall_spec(env, conf, link.mac, ips.iter().map(|i| i.address).collect());
+            firewall::check(&spec).map_err(mismatch)?;
+        }
         match &conf.ipam {
             Ipam::Builtin(cfg) => {
                 let leases = open_store(conf, cfg)?.leases_of(&owner(env))?;
@@ -749,6 +806,33 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                 if ours && !keep.contains(&link.name) {
                     if let Err(e) = host.delete_link_index(link.index, &link.name).await {
                         first_error.get_or_insert(CniError::from(e));
+                    }
+                }
+            }
+            // Rules of attachments not kept: those of this network (by their veth's alias) and
+            // those whose veth is gone (their network cannot be told, and they serve nothing).
+            if firewall::nft::available() {
+                let links = host.links().await?;
+                for stale in firewall::owners()? {
+                    let Owner::Cni {
+                        container_id,
+                        ifname,
+                    } = &stale
+                    else {
+                        continue;
+                    };
+                    let veth = host_ifname(container_id, ifname);
+                    if keep.contains(&veth) {
+                        continue;
+                    }
+                    let elsewhere = links.iter().any(|l| {
+                        l.name == veth
+                            && l.alias.as_deref().is_some_and(|a| !a.starts_with(&prefix))
+                    });
+                    if !elsewhere {
+                        if let Err(e) = firewall::remove(&stale) {
+                            first_error.get_or_insert(CniError::from(e));
+                        }
                     }
                 }
             }
@@ -814,6 +898,11 @@ fn status(conf: &NetConf) -> Result<(), CniError> {
                 b.kind.as_deref().unwrap_or("device of unknown kind")
             ),
         ));
+    }
+    if conf.wants_firewall() {
+        if let Err(e) = firewall::nft::binary() {
+            return Err(CniError::new(code::NOT_AVAILABLE, e.to_string()));
+        }
     }
     if let Ipam::Builtin(cfg) = &conf.ipam {
         let leases = open_store(conf, cfg)?.leases()?;

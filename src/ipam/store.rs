@@ -113,7 +113,8 @@ impl Owner {
     }
 
     /// A stable string naming the owner (its index name: `cni/<container>+<ifname>`,
-    /// `proc/<pid>.<start time>` or `named/<name>`), for records kept outside the store.
+    /// `proc/<pid>.<start time>` or `named/<name>`), for records kept outside the store;
+    /// [`Owner::from_key`] reads it back. The firewall tags what it makes for the owner with it.
     pub fn key(&self) -> Result<String> {
         self.index_name()
     }
