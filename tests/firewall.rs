@@ -644,3 +644,74 @@ fn cni_ipv6_ports_and_masquerade_work_too() {
     del("server", &config);
     assert!(netbox_tables().is_empty());
 }
+
+#[test]
+fn netbox_gc_removes_rules_of_gone_owners_and_ls_lists_them() {
+    if !private_host("firewall::netbox_gc_removes_rules_of_gone_owners_and_ls_lists_them") {
+        return;
+    }
+    foreign_rules();
+    let before = ruleset();
+    // A run killed while CMD runs: its rules stay (no later run makes rules here).
+    let mut child = run_sh(&["-p", "8080:80"], "echo ready; sleep 60")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start netbox");
+    let mut ready = [0u8; 6];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut ready)
+        .expect("ready");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill");
+    child.wait().expect("wait");
+    // A CNI attachment whose namespace the runtime lost without a DEL, and a live one.
+    let config = conf(
+        "gcnet",
+        "nbg0",
+        "10.92.0.0/24",
+        json!({"ipMasq": true,
+               "runtimeConfig": {"portMappings": [{"hostPort": 9090, "containerPort": 90}]}}),
+    );
+    add("lost", &config);
+    add("alive", &config);
+    netns::delete_named("lost").expect("delete netns");
+    // The run's inet and bridge tables (anti-spoofing), one inet table per CNI attachment.
+    assert_eq!(netbox_tables().len(), 4, "{:?}", netbox_tables());
+
+    let ls: Value = serde_json::from_slice(
+        &netbox()
+            .args(["ls", "--json"])
+            .output()
+            .expect("netbox ls")
+            .stdout,
+    )
+    .expect("ls --json");
+    let stale: Vec<&str> = ls["stale_rules"]
+        .as_array()
+        .expect("stale_rules")
+        .iter()
+        .filter_map(|r| r["owner"].as_str())
+        .collect();
+    assert_eq!(stale.len(), 2, "{ls}");
+    assert!(stale.iter().any(|o| o.starts_with("proc/")), "{ls}");
+    assert!(stale.iter().any(|o| o.starts_with("cni/lost")), "{ls}");
+
+    let dry = netbox().args(["gc", "--dry-run"]).output().expect("gc");
+    assert!(dry.status.success());
+    assert_eq!(netbox_tables().len(), 4, "a dry run removes nothing");
+    let out = netbox().args(["gc"]).output().expect("gc");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only the live attachment's tables remain.
+    let left = netbox_tables();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains("alive"), "{left:?}");
+    del("alive", &config);
+    assert_eq!(ruleset(), before);
+}
