@@ -6,7 +6,8 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    if let Ok(filter) = std::env::var("NETBOX_LOG") {
+    let stderr_log = std::env::var("NETBOX_LOG").ok();
+    if let Some(filter) = &stderr_log {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
@@ -32,6 +33,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    if stderr_log.is_none() {
+        if let Some((path, level)) = netbox::cni::log_target(&stdin) {
+            log_to_file(&path, &level);
+        }
+    }
     let outcome = netbox::cni::run(&|key| std::env::var(key).ok(), &stdin);
     if !outcome.stdout.is_empty() {
         print(&outcome.stdout);
@@ -43,4 +49,21 @@ fn print(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{text}");
     let _ = out.flush();
+}
+
+/// Appends this invocation's log to `path`; a file that cannot be opened costs a warning on
+/// stderr, never the operation.
+fn log_to_file(path: &std::path::Path, level: &str) {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(file) => tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init(),
+        Err(e) => eprintln!("netbox-cni: logFile {}: {e}", path.display()),
+    }
 }

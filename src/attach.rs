@@ -14,7 +14,7 @@ use ipnetwork::IpNetwork;
 use crate::netlink::{BridgeSpec, Link, Netlink, VethSpec};
 use crate::netns::NetNs;
 use crate::network::NetworkSpec;
-use crate::Result;
+use crate::{Error, Result};
 
 /// What to attach.
 #[derive(Debug, Clone)]
@@ -50,12 +50,44 @@ pub async fn ensure_bridge(
     network: &NetworkSpec,
     existing: Option<Link>,
 ) -> Result<Link> {
+    ensure_bridge_forced(host, network, existing, false).await
+}
+
+/// [`ensure_bridge`], with the bridge plugin's `forceAddress`: a bridge that carries another
+/// address in a gateway's subnet is refused, or with `force_address` has it replaced by the
+/// gateway (as the reference does; otherwise the bridge would answer for two gateways).
+pub async fn ensure_bridge_forced(
+    host: &Netlink,
+    network: &NetworkSpec,
+    existing: Option<Link>,
+    force_address: bool,
+) -> Result<Link> {
     let spec = BridgeSpec {
         name: network.bridge.clone(),
         mtu: network.mtu,
     };
     let bridge = host.ensure_bridge_from(&spec, existing).await?;
-    for gw in network.gateway_addresses() {
+    let gateways = network.gateway_addresses();
+    if !gateways.is_empty() {
+        let present = host.addresses(Some(bridge.index)).await?;
+        for gw in &gateways {
+            let subnet = IpNetwork::new(gw.network(), gw.prefix())
+                .map_err(|e| Error::Config(format!("gateway {gw}: {e}")))?;
+            for (_, other) in present.iter().filter(|(_, a)| {
+                a.is_ipv4() == gw.is_ipv4() && a.ip() != gw.ip() && subnet.contains(a.ip())
+            }) {
+                if !force_address {
+                    return Err(Error::Config(format!(
+                        "bridge \"{}\" already has address {other}, different from the gateway \
+                         {gw} of network \"{}\" (set forceAddress to replace it)",
+                        bridge.name, network.name
+                    )));
+                }
+                host.delete_address(bridge.index, *other).await?;
+            }
+        }
+    }
+    for gw in gateways {
         host.ensure_address(&bridge, gw).await?;
     }
     Ok(bridge)

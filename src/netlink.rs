@@ -507,6 +507,32 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Removes `address` (matched by address and prefix) from the link `index`; an address
+    /// that is not there is success.
+    pub async fn delete_address(&self, index: u32, address: IpNetwork) -> Result<()> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(address.ip())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| request_error(format!("looking up address {address}"), e))?;
+        for msg in msgs
+            .into_iter()
+            .filter(|m| m.header.prefix_len == address.prefix())
+        {
+            match self.handle.address().del(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if errno_of(&e) == Some(libc::EADDRNOTAVAIL) => {}
+                Err(e) => return Err(request_error(format!("removing address {address}"), e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Adds a route through `link`, via `gateway` when given (on-link otherwise).
     pub async fn add_route(
         &self,

@@ -450,6 +450,87 @@ fn add_refuses_an_existing_interface_without_touching_ipam() {
 }
 
 #[test]
+fn force_address_replaces_a_foreign_bridge_address_and_its_absence_refuses() {
+    if !private_host("cni::force_address_replaces_a_foreign_bridge_address_and_its_absence_refuses")
+    {
+        return;
+    }
+    netns::create_named("c1").expect("netns");
+    sh("ip link add nbt0 type bridge && ip addr add 10.89.0.200/24 dev nbt0");
+    let bridge_addrs = || {
+        let v = ip_json("-4 addr show dev nbt0");
+        v[0]["addr_info"]
+            .as_array()
+            .expect("addr_info")
+            .iter()
+            .filter_map(|a| {
+                Some(format!(
+                    "{}/{}",
+                    a["local"].as_str()?,
+                    a["prefixlen"].as_u64()?
+                ))
+            })
+            .collect::<Vec<_>>()
+    };
+    // Without forceAddress: refused, with a reason, and nothing changed.
+    let refused = cni(
+        &env_of("ADD", "c1", "/run/netns/c1"),
+        &conf("1.0.0", json!({})),
+    );
+    assert_eq!(refused.code(), 7, "{}", refused.stdout);
+    assert!(
+        refused.stdout.contains("forceAddress"),
+        "{}",
+        refused.stdout
+    );
+    assert_eq!(bridge_addrs(), vec!["10.89.0.200/24".to_string()]);
+    assert!(leases().is_empty(), "{:?}", leases());
+    assert!(host_veths().is_empty(), "{:?}", host_veths());
+    assert_eq!(links_in("c1"), vec!["lo".to_string()]);
+    // With it: the gateway replaces the other address.
+    let config = conf("1.0.0", json!({"forceAddress": true}));
+    add("c1", "c1", &config);
+    assert_eq!(bridge_addrs(), vec!["10.89.0.1/24".to_string()]);
+    assert!(cni(&env_of("DEL", "c1", "/run/netns/c1"), &config).ok);
+}
+
+#[test]
+fn log_file_named_in_the_config_gets_a_line_per_invocation() {
+    if !private_host("cni::log_file_named_in_the_config_gets_a_line_per_invocation") {
+        return;
+    }
+    netns::create_named("c1").expect("netns");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("netbox-cni.log");
+    let config = conf(
+        "1.0.0",
+        json!({"logFile": log.to_str().expect("utf-8 path")}),
+    );
+    add("c1", "c1", &config);
+    // Another container's ADD into the same interface name fails: logged with its code.
+    let again = cni(&env_of("ADD", "c2", "/run/netns/c1"), &config);
+    assert!(!again.ok);
+    assert!(cni(&env_of("DEL", "c1", "/run/netns/c1"), &config).ok);
+    let text = std::fs::read_to_string(&log).expect("log file");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].contains("command=ADD") && lines[0].contains("ok"),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("failed") && lines[1].contains("code=4"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("command=DEL") && lines[2].contains("container=c1"),
+        "{text}"
+    );
+    // Nothing but the protocol on stdout.
+    assert!(again.json.is_some());
+}
+
+#[test]
 fn add_rolls_back_veth_and_lease_when_a_later_step_fails() {
     if !private_host("cni::add_rolls_back_veth_and_lease_when_a_later_step_fails") {
         return;

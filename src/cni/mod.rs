@@ -192,7 +192,28 @@ pub struct Outcome {
 /// Runs one plugin invocation. `env` yields environment variables by name; `stdin` is the
 /// configuration.
 pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+    let start = std::time::Instant::now();
     let (version, result) = run_inner(env, stdin);
+    // One line per invocation, for the log file a configuration may name (`logFile`).
+    let var = |k: &str| env(k).unwrap_or_default();
+    match &result {
+        Ok(_) => tracing::info!(
+            command = %var("CNI_COMMAND"),
+            container = %var("CNI_CONTAINERID"),
+            ifname = %var("CNI_IFNAME"),
+            us = start.elapsed().as_micros() as u64,
+            "ok"
+        ),
+        Err(e) => tracing::warn!(
+            command = %var("CNI_COMMAND"),
+            container = %var("CNI_CONTAINERID"),
+            ifname = %var("CNI_IFNAME"),
+            code = e.code,
+            us = start.elapsed().as_micros() as u64,
+            "failed: {}",
+            e.msg
+        ),
+    }
     match result {
         Ok(Some(value)) => Outcome {
             stdout: value.to_string(),
@@ -207,6 +228,24 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
             exit_code: 1,
         },
     }
+}
+
+/// The log file a configuration names (`"logFile": "/abs/path"`) and its level (`"logLevel"`,
+/// a tracing filter such as `info` or `debug`; default `info`). Read before anything else so
+/// the whole invocation is logged; an unreadable configuration names none (the operation itself
+/// reports why).
+pub fn log_target(stdin: &[u8]) -> Option<(std::path::PathBuf, String)> {
+    let conf: serde_json::Value = serde_json::from_slice(stdin).ok()?;
+    let path = std::path::PathBuf::from(conf.get("logFile")?.as_str()?);
+    if !path.is_absolute() {
+        return None;
+    }
+    let level = conf
+        .get("logLevel")
+        .and_then(|l| l.as_str())
+        .unwrap_or("info")
+        .to_string();
+    Some((path, level))
 }
 
 fn run_inner(

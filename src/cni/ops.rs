@@ -415,7 +415,7 @@ async fn wire(
         ipam: addressing.ipam.clone(),
         source: None,
     };
-    let bridge = attach::ensure_bridge(host, &network, bridge).await?;
+    let bridge = attach::ensure_bridge_forced(host, &network, bridge, conf.force_address).await?;
     tracing::debug!("bridge ready");
     if conf.promisc_mode {
         host.set_promiscuous(&bridge, true).await?;
