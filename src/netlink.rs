@@ -650,28 +650,31 @@ impl Netlink {
 
 /// Checks an interface name before it reaches the kernel.
 pub fn validate_ifname(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(NetlinkError::InvalidIfname {
+    match ifname_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(NetlinkError::InvalidIfname {
             name: name.to_string(),
             reason,
-        })
-    };
+        }),
+    }
+}
+
+/// Why the kernel would refuse `name` as an interface name, if it would.
+pub fn ifname_problem(name: &str) -> Option<&'static str> {
     if name.is_empty() {
-        return bad("empty");
-    }
-    if name.len() > MAX_IFNAME_LEN {
-        return bad("longer than 15 bytes");
-    }
-    if name == "." || name == ".." {
-        return bad("not allowed");
-    }
-    if name
+        Some("empty")
+    } else if name.len() > MAX_IFNAME_LEN {
+        Some("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("not allowed")
+    } else if name
         .bytes()
         .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control())
     {
-        return bad("contains '/', ':', whitespace or a control character");
+        Some("contains '/', ':', whitespace or a control character")
+    } else {
+        None
     }
-    Ok(())
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {

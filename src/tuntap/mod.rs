@@ -22,7 +22,6 @@ use thiserror::Error;
 pub use device::{AsyncQueue, Queue};
 pub use vnet::{Offloads, VnetHeader};
 
-use crate::netlink::MAX_IFNAME_LEN;
 
 #[derive(Debug, Error)]
 pub enum TuntapError {
@@ -337,28 +336,13 @@ fn clone_device_error(source: io::Error) -> TuntapError {
 
 /// Checks a device name before it reaches the kernel (`%d` templates allowed).
 pub fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(TuntapError::InvalidName {
+    match crate::netlink::ifname_problem(name) {
+        None => Ok(()),
+        Some(reason) => Err(TuntapError::InvalidName {
             name: name.to_string(),
             reason,
-        })
-    };
-    if name.is_empty() {
-        return bad("empty");
+        }),
     }
-    if name.len() > MAX_IFNAME_LEN {
-        return bad("longer than 15 bytes");
-    }
-    if name == "." || name == ".." {
-        return bad("not allowed");
-    }
-    if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control())
-    {
-        return bad("contains '/', ':', whitespace or a control character");
-    }
-    Ok(())
 }
 
 /// An open TUN/TAP device: its name and queues.
