@@ -11,6 +11,8 @@ use ipnetwork::IpNetwork;
 
 use netbox::sandbox::{self, NetMode, RunSpec};
 
+mod lab;
+
 /// Network sandboxes on Linux namespaces.
 #[derive(Parser)]
 #[command(name = "netbox", version, about, propagate_version = true)]
@@ -20,9 +22,12 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Run a command in a fresh network namespace attached to a bridge network.
     Run(RunArgs),
+    /// Reproducible network labs from a topology file (up, exec, check, down, test, graph).
+    Lab(lab::LabArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
     };
     let code = match cli.command {
         Command::Run(args) => run(args),
+        Command::Lab(args) => lab::run(args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(125))
 }

@@ -11,6 +11,7 @@ pub mod cni;
 pub mod dns;
 pub mod error;
 pub mod ipam;
+pub mod lab;
 pub mod netlink;
 pub mod netns;
 pub mod network;

@@ -1,0 +1,363 @@
+//! Building a resolved [`Plan`]: namespaces, bridges, veths, addresses, devices, routes, rate
+//! limits, then the services. All netlink work runs concurrently on one connection per
+//! namespace (opened inside it once), in a current-thread runtime.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::services::Services;
+use super::topology::{EndPlan, LinkPlan, Plan};
+use super::{BuildOptions, Lab, LabError, Result};
+use crate::netlink::{BridgeSpec, Link, NetemSpec, Netlink, TbfSpec, VethSpec, VxlanSpec};
+use crate::netns;
+
+/// Name of a node's namespace under /run/netns.
+pub fn node_ns_name(lab: &str, node: &str) -> String {
+    format!("{lab}-{node}")
+}
+
+/// Name of the namespace holding the lab's top-level switches ('--' cannot start a node name).
+pub fn fabric_ns_name(lab: &str) -> String {
+    format!("{lab}--fabric")
+}
+
+/// Builds the plan; on failure everything made so far is removed.
+pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
+    for link in &plan.links {
+        if link.rate_bytes.is_some() && (link.delay_ns.is_some() || link.loss_percent.is_some()) {
+            return Err(LabError::Invalid(format!(
+                "link {} - {}: a rate limit together with delay/loss is not supported",
+                link.a.label(),
+                link.b.label()
+            )));
+        }
+    }
+    // The Lab owns what exists from here on, so an early return tears it down.
+    let mut lab = Lab {
+        plan,
+        nodes: BTreeMap::new(),
+        fabric: None,
+        services: Services::default(),
+        keep: false,
+    };
+    let name = lab.plan.name.clone();
+    lab.fabric = Some(netns::create_named(&fabric_ns_name(&name))?);
+    for node in &lab.plan.nodes {
+        let ns = netns::create_named(&node_ns_name(&name, &node.name))?;
+        lab.nodes.insert(node.name.clone(), ns);
+    }
+    for node in &lab.plan.nodes {
+        let ns = lab.node(&node.name)?;
+        for (dev, tap) in node
+            .tun
+            .iter()
+            .map(|t| (t, false))
+            .chain(node.tap.iter().map(|t| (t, true)))
+        {
+            let (devname, owner) = (dev.name.clone(), dev.owner);
+            ns.run_in(move || create_tuntap(&devname, tap, owner))??;
+        }
+        if node.router {
+            ns.run_in(enable_forwarding)??;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| LabError::Io {
+            what: "starting the netlink runtime".into(),
+            source,
+        })?;
+    rt.block_on(configure(&lab, options))?;
+    drop(rt);
+    lab.services = Services::start(&lab, options)?;
+    Ok(lab)
+}
+
+struct Conns {
+    fabric: Netlink,
+    nodes: BTreeMap<String, Netlink>,
+}
+
+impl Conns {
+    fn node(&self, name: &str) -> Result<&Netlink> {
+        self.nodes.get(name).ok_or_else(|| LabError::Unknown {
+            what: "node",
+            name: name.into(),
+            context: "netlink".into(),
+        })
+    }
+}
+
+async fn configure(lab: &Lab, options: &BuildOptions) -> Result<()> {
+    let fabric_ns = lab
+        .fabric()
+        .ok_or_else(|| LabError::Invalid("lab without fabric".into()))?;
+    let mut conns = Conns {
+        fabric: Netlink::connect_in(fabric_ns)?,
+        nodes: BTreeMap::new(),
+    };
+    for (name, ns) in &lab.nodes {
+        conns.nodes.insert(name.clone(), Netlink::connect_in(ns)?);
+    }
+    let conns = conns;
+    let plan = &lab.plan;
+    let mut los: FuturesUnordered<_> = conns
+        .nodes
+        .values()
+        .chain([&conns.fabric])
+        .map(|c| c.loopback_up())
+        .collect();
+    while let Some(r) = los.next().await {
+        r?;
+    }
+    // Switches.
+    let mut bridges: BTreeMap<String, (Netlink, Link)> = BTreeMap::new();
+    for sw in &plan.switches {
+        let conn = match &sw.node {
+            Some(n) => conns.node(n)?.clone(),
+            None => conns.fabric.clone(),
+        };
+        let link = conn
+            .ensure_bridge(&BridgeSpec {
+                name: sw.name.clone(),
+                mtu: None,
+            })
+            .await?;
+        if let Some(addr) = sw.address {
+            conn.add_address(&link, addr).await?;
+        }
+        bridges.insert(sw.name.clone(), (conn, link));
+    }
+    // Links, concurrently.
+    let total = plan.links.len();
+    let mut pending: FuturesUnordered<_> = plan
+        .links
+        .iter()
+        .map(|l| build_link(lab, &conns, &bridges, l))
+        .collect();
+    let mut done = 0;
+    while let Some(r) = pending.next().await {
+        r?;
+        done += 1;
+        if let Some(progress) = options.progress {
+            progress(done, total);
+        }
+    }
+    drop(pending);
+    // Devices and routes, node by node.
+    for node in &plan.nodes {
+        let conn = conns.node(&node.name)?;
+        for dev in node.tun.iter().chain(&node.tap) {
+            let link = must_link(conn, &dev.name).await?;
+            conn.set_up(link.index, &link.name).await?;
+            if let Some(addr) = dev.address {
+                conn.add_address(&link, addr).await?;
+            }
+        }
+        for (vx, remote) in &node.vxlan {
+            let underlay = must_link(conn, &vx.dev).await?;
+            let link = conn
+                .create_vxlan(&VxlanSpec {
+                    name: vx.name.clone(),
+                    vni: vx.vni,
+                    underlay: Some(underlay.index),
+                    local: None,
+                    remote: Some(*remote),
+                    port: vx.port,
+                })
+                .await?;
+            if let Some(sw) = &vx.switch {
+                let (_, bridge) = bridges.get(sw).ok_or_else(|| LabError::Unknown {
+                    what: "switch",
+                    name: sw.clone(),
+                    context: format!("vxlan \"{}\"", vx.name),
+                })?;
+                conn.set_controller(&link, bridge.index).await?;
+            }
+            if let Some(addr) = vx.address {
+                conn.add_address(&link, addr).await?;
+            }
+        }
+        let addrs = plan.addresses_of(&node.name);
+        for route in &node.routes {
+            let dev = match (&route.dev, route.via) {
+                (Some(d), _) => d.clone(),
+                (None, Some(gw)) => addrs
+                    .iter()
+                    .find(|(_, a)| a.contains(gw))
+                    .map(|(i, _)| i.clone())
+                    .ok_or_else(|| {
+                        LabError::Invalid(format!(
+                            "node \"{}\": gateway {gw} is on none of its subnets",
+                            node.name
+                        ))
+                    })?,
+                (None, None) => {
+                    return Err(LabError::Invalid(format!(
+                        "node \"{}\": route {} has neither gateway nor device",
+                        node.name, route.dst
+                    )))
+                }
+            };
+            let link = must_link(conn, &dev).await?;
+            let dst = match (route.dst, route.via) {
+                // "default" was read as IPv4; an IPv6 gateway makes it ::/0.
+                (d, Some(IpAddr::V6(_))) if d.prefix() == 0 => "::/0"
+                    .parse()
+                    .map_err(|_| LabError::Invalid("::/0".into()))?,
+                (d, _) => d,
+            };
+            conn.add_route(&link, dst, route.via).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn must_link(conn: &Netlink, name: &str) -> Result<Link> {
+    conn.link_by_name(name).await?.ok_or_else(|| {
+        LabError::Netlink(crate::netlink::NetlinkError::LinkNotFound { name: name.into() })
+    })
+}
+
+async fn build_link(
+    lab: &Lab,
+    conns: &Conns,
+    bridges: &BTreeMap<String, (Netlink, Link)>,
+    link: &LinkPlan,
+) -> Result<()> {
+    let EndPlan::Node {
+        node: a_node,
+        iface: a_if,
+    } = &link.a
+    else {
+        return Err(LabError::Invalid("link end a is not a node".into()));
+    };
+    let a_conn = conns.node(a_node)?;
+    let a_ns = lab.node(a_node)?;
+    // The end created "here" and the peer born in the a node.
+    let (here, here_link, b_shaped) = match &link.b {
+        EndPlan::Switch { switch, port } => {
+            let (conn, bridge) = bridges.get(switch).ok_or_else(|| LabError::Unknown {
+                what: "switch",
+                name: switch.clone(),
+                context: "link".into(),
+            })?;
+            let port_link = conn
+                .create_veth(
+                    &VethSpec {
+                        host_name: port.clone(),
+                        peer_name: a_if.name.clone(),
+                        controller: Some(bridge.index),
+                        mtu: None,
+                        peer_mac: None,
+                        alias: Some(format!("lab {} link to {}", lab.plan.name, a_node)),
+                    },
+                    a_ns,
+                )
+                .await?;
+            (conn.clone(), port_link, None)
+        }
+        EndPlan::Node {
+            node: b_node,
+            iface: b_if,
+        } => {
+            let b_conn = conns.node(b_node)?;
+            let b_link = b_conn
+                .create_veth(
+                    &VethSpec {
+                        host_name: b_if.name.clone(),
+                        peer_name: a_if.name.clone(),
+                        controller: None,
+                        mtu: None,
+                        peer_mac: None,
+                        alias: None,
+                    },
+                    a_ns,
+                )
+                .await?;
+            if let Some(addr) = b_if.address {
+                b_conn.add_address(&b_link, addr).await?;
+            }
+            (b_conn.clone(), b_link.clone(), Some(()))
+        }
+    };
+    let _ = b_shaped;
+    let a_link = must_link(a_conn, &a_if.name).await?;
+    a_conn.set_up(a_link.index, &a_link.name).await?;
+    if let Some(addr) = a_if.address {
+        a_conn.add_address(&a_link, addr).await?;
+    }
+    if let Some(rate) = link.rate_bytes {
+        let spec = TbfSpec::for_rate(rate);
+        a_conn.add_tbf(&a_link, &spec).await?;
+        here.add_tbf(&here_link, &spec).await?;
+    }
+    if link.delay_ns.is_some() || link.loss_percent.is_some() {
+        let spec = NetemSpec {
+            delay_ns: link.delay_ns.unwrap_or(0),
+            loss_percent: link.loss_percent.unwrap_or(0.0),
+        };
+        a_conn.add_netem(&a_link, &spec).await?;
+        here.add_netem(&here_link, &spec).await?;
+    }
+    Ok(())
+}
+
+fn enable_forwarding() -> Result<()> {
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        std::fs::write(path, b"1").map_err(|source| LabError::Io {
+            what: format!("turning forwarding on ({path})"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Creates a persistent TUN or TAP device in the calling thread's namespace.
+///
+/// The one place labs make TUN/TAP devices: to be switched to the `tuntap` module once it is
+/// merged. TUN/TAP cannot be made over netlink: ioctl(TUNSETIFF) on /dev/net/tun, then
+/// TUNSETPERSIST so the device outlives this descriptor (it dies with its namespace).
+pub fn create_tuntap(name: &str, tap: bool, owner: Option<u32>) -> Result<()> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
+    crate::netlink::validate_ifname(name)?;
+    let io = |what: &str, source: std::io::Error| LabError::Io {
+        what: format!("{what} for \"{name}\""),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| io("opening /dev/net/tun", e))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // struct ifreq: the name, then the flags (a short) in the union.
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    let flags: libc::c_short =
+        (if tap { libc::IFF_TAP } else { libc::IFF_TUN } | libc::IFF_NO_PI) as libc::c_short;
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads (and writes back) a struct ifreq, which `ifr` is large enough for.
+    if unsafe { libc::ioctl(fd, TUNSETIFF as _, ifr.as_mut_ptr()) } < 0 {
+        return Err(io("TUNSETIFF", std::io::Error::last_os_error()));
+    }
+    if let Some(uid) = owner {
+        // SAFETY: TUNSETOWNER takes the uid as its integer argument.
+        if unsafe { libc::ioctl(fd, TUNSETOWNER as _, uid as libc::c_ulong) } < 0 {
+            return Err(io("TUNSETOWNER", std::io::Error::last_os_error()));
+        }
+    }
+    // SAFETY: TUNSETPERSIST takes a flag as its integer argument.
+    if unsafe { libc::ioctl(fd, TUNSETPERSIST as _, 1 as libc::c_ulong) } < 0 {
+        return Err(io("TUNSETPERSIST", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! What runs in a lab while it is up: netbox's own listeners (TCP accept-and-close, UDP echo)
+//! that checks aim at, per-link packet captures, and the file's start commands.
+
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::topology::Listen;
+use super::{capture, BuildOptions, Lab, LabError, Result};
+
+#[derive(Default)]
+pub struct Services {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Sockets to shut down so their threads wake up (raw numbers stay valid: each thread
+    /// owns its socket until it exits, after the shutdown).
+    wake: Vec<i32>,
+    children: Vec<Child>,
+}
+
+impl Services {
+    pub fn start(lab: &Lab, options: &BuildOptions) -> Result<Services> {
+        let mut s = Services::default();
+        // Commands first: fewer threads to copy into the fork.
+        for node in &lab.plan.nodes {
+            for cmd in &node.start {
+                let mut c = lab.command(&node.name, "sh")?;
+                c.args(["-c", cmd]).stdin(Stdio::null());
+                std::os::unix::process::CommandExt::process_group(&mut c, 0);
+                let child = c.spawn().map_err(|source| LabError::Io {
+                    what: format!("starting {cmd:?} in node \"{}\"", node.name),
+                    source,
+                })?;
+                s.children.push(child);
+            }
+        }
+        for node in &lab.plan.nodes {
+            let ns = lab.node(&node.name)?;
+            for l in &node.listen {
+                match *l {
+                    Listen::Tcp(port) => {
+                        let listener = ns
+                            .run_in(move || TcpListener::bind(("0.0.0.0", port)))?
+                            .map_err(|source| LabError::Io {
+                                what: format!("listening on tcp:{port} in \"{}\"", node.name),
+                                source,
+                            })?;
+                        s.wake.push(listener.as_raw_fd());
+                        let stop = s.stop.clone();
+                        s.threads.push(std::thread::spawn(move || {
+                            for conn in listener.incoming() {
+                                if stop.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                drop(conn);
+                            }
+                        }));
+                    }
+                    Listen::Udp(port) => {
+                        let sock = ns
+                            .run_in(move || UdpSocket::bind(("0.0.0.0", port)))?
+                            .map_err(|source| LabError::Io {
+                                what: format!("listening on udp:{port} in \"{}\"", node.name),
+                                source,
+                            })?;
+                        let _ = sock.set_read_timeout(Some(Duration::from_millis(250)));
+                        s.wake.push(sock.as_raw_fd());
+                        let stop = s.stop.clone();
+                        s.threads.push(std::thread::spawn(move || {
+                            let mut buf = [0u8; 2048];
+                            while !stop.load(Ordering::Relaxed) {
+                                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                                    let _ = sock.send_to(&buf[..n], peer);
+                                }
+                            }
+                        }));
+                    }
+                }
+            }
+        }
+        if let Some(dir) = &options.capture {
+            for (i, link) in lab.plan.links.iter().enumerate() {
+                let (ns_name, ifname) = match &link.a {
+                    super::topology::EndPlan::Node { node, iface } => (node, iface.name.clone()),
+                    super::topology::EndPlan::Switch { .. } => continue,
+                };
+                let file = dir.join(capture::file_name(i, link));
+                let thread = capture::start(lab.node(ns_name)?, &ifname, &file, s.stop.clone())?;
+                s.threads.push(thread);
+            }
+        }
+        Ok(s)
+    }
+
+    /// Stops everything; safe to call twice.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for fd in self.wake.drain(..) {
+            // SAFETY: shutdown on a socket its thread still owns; it only wakes the thread.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        for mut child in self.children.drain(..) {
+            // SAFETY: a signal to the process group the child leads.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
