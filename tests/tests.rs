@@ -3,5 +3,6 @@ mod harness;
 
 mod cni;
 mod ipam;
+mod lab;
 mod netlink;
 mod run;

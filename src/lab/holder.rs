@@ -317,6 +317,7 @@ pub fn up(
         }
         Some(HolderReport::Failed { error }) => {
             let _ = child.wait();
+            let _ = std::fs::remove_file(&log_path);
             Err(LabError::Invalid(error))
         }
         _ => {
@@ -461,9 +462,15 @@ pub fn enter_command(state: &LabState, args: &[std::ffi::OsString]) -> Result<Co
         let path = format!("/proc/{}/ns/{kind}", state.pid);
         std::fs::File::open(&path)
             .map(OwnedFd::from)
-            .map_err(|source| LabError::Io {
-                what: format!("opening {path}"),
-                source,
+            .map_err(|source| match source.kind() {
+                // The holder is dying right now.
+                std::io::ErrorKind::NotFound => LabError::NotUp {
+                    name: state.name.clone(),
+                },
+                _ => LabError::Io {
+                    what: format!("opening {path}"),
+                    source,
+                },
             })
     };
     let mut fds = vec![];

@@ -31,6 +31,16 @@ impl Services {
                 let mut c = lab.command(&node.name, "sh")?;
                 c.args(["-c", cmd]).stdin(Stdio::null());
                 std::os::unix::process::CommandExt::process_group(&mut c, 0);
+                // A crashed holder takes its commands along: nothing outlives the lab.
+                // SAFETY: prctl is async-signal-safe.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
                 let child = c.spawn().map_err(|source| LabError::Io {
                     what: format!("starting {cmd:?} in node \"{}\"", node.name),
                     source,
