@@ -32,6 +32,7 @@ fn main() {
         cwd: None,
         keep_caps: vec![],
         user: None,
+        capture: None,
     };
     match sandbox::run(spec) {
         Ok(code) => std::process::exit(code),

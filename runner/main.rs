@@ -83,6 +83,9 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
+    /// Write the sandbox interface's packets to FILE (pcap; tcpdump -r, Wireshark).
+    #[arg(long, value_name = "FILE")]
+    capture: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy)]
@@ -177,6 +180,7 @@ fn run(args: RunArgs) -> i32 {
         cwd: args.cwd,
         keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
         user,
+        capture: args.capture,
     };
     match sandbox::run(spec) {
         Ok(code) => code,

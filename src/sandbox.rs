@@ -50,6 +50,8 @@ pub struct RunSpec {
     pub cwd: Option<PathBuf>,
     pub keep_caps: Vec<caps::Capability>,
     pub user: Option<UserSpec>,
+    /// Write the sandbox interface's packets to this pcap file (bridge networking only).
+    pub capture: Option<PathBuf>,
 }
 
 /// True when netbox can build bridge networks: it needs CAP_NET_ADMIN for netlink and
@@ -64,6 +66,12 @@ pub fn privileged() -> bool {
 /// any other thread exists: it blocks the forwarded signals for the whole process.
 pub fn run(spec: RunSpec) -> Result<i32> {
     process::block_forwarded_signals()?;
+    if spec.capture.is_some() && matches!(spec.net, NetMode::None) {
+        return Err(Error::Config(
+            "--capture needs bridge networking: with --net none there is no interface to capture"
+                .into(),
+        ));
+    }
     match &spec.net {
         NetMode::None if !privileged() => exec(&spec, NetSetup::NewRootless),
         // The child makes its namespace and brings loopback up itself.
@@ -127,11 +135,11 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
         };
         let attached: Attachment =
             attach::attach_to_bridge(&host, &sandbox, &ns, network, &bridge, &attach_spec).await?;
-        Ok::<_, Error>(attached)
+        Ok::<_, Error>((attached, ns))
     });
     // The runtime and its sockets are gone here: only the child holds the namespace, which
     // dies with CMD and takes the veth with it.
-    let attached = match wired {
+    let (attached, ns) = match wired {
         Ok(a) => a,
         Err(e) => {
             drop(child); // kills the waiting child, and with it the namespace
@@ -140,8 +148,28 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
         }
     };
     phase("attached");
+    // The capture's socket keeps the namespace alive until CMD ends and the capture stops.
+    let capture = match &spec.capture {
+        Some(path) => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            match crate::lab::capture::start(&ns, &spec.ifname, path, stop.clone()) {
+                Ok(thread) => Some((stop, thread)),
+                Err(e) => {
+                    drop(child);
+                    let _ = store.release(&owner);
+                    return Err(Error::Config(e.to_string()));
+                }
+            }
+        }
+        None => None,
+    };
+    drop(ns);
     let ips: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
     let result = start_and_wait(child, &private_files(spec, &ips));
+    if let Some((stop, thread)) = capture {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+    }
     phase("command ended");
     if let Err(e) = store.release(&owner) {
         tracing::warn!(%e, "releasing the lease failed; the next run reclaims it");

@@ -414,3 +414,52 @@ fn bad_files_and_missing_netem_are_refused_and_leave_nothing() {
             .all(|e| !e.file_name().to_string_lossy().ends_with(".json")))
         .unwrap_or(true));
 }
+
+#[test]
+fn run_capture_writes_the_sandbox_packets() {
+    if !harness::private_host("lab::run_capture_writes_the_sandbox_packets") {
+        return;
+    }
+    if !harness::is_root() {
+        harness::skip(
+            "lab::run_capture_writes_the_sandbox_packets",
+            "bridge networking needs root",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let pcap = dir.path().join("run.pcap");
+    // A TCP SYN to the gateway (this private host's bridge), answered by a reset.
+    let out = netbox()
+        .args(["run", "--capture"])
+        .arg(&pcap)
+        .args(["--", "bash", "-c", "echo > /dev/tcp/10.117.0.1/1"])
+        .output()
+        .expect("netbox run");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let packets =
+        netbox::lab::capture::read_pcap(&std::fs::read(&pcap).expect("pcap")).expect("valid pcap");
+    let syn = packets.iter().any(|(_, f)| {
+        f.len() > 47
+            && f[12..14] == [0x08, 0x00]
+            && f[23] == 6
+            && f[36..38] == [0, 1]
+            && f[47] & 0x02 != 0
+    });
+    let rst = packets.iter().any(|(_, f)| {
+        f.len() > 47
+            && f[12..14] == [0x08, 0x00]
+            && f[23] == 6
+            && f[34..36] == [0, 1]
+            && f[47] & 0x04 != 0
+    });
+    assert!(syn && rst, "no SYN/RST pair in {} packets", packets.len());
+    let out = netbox()
+        .args(["run", "--net", "none", "--capture"])
+        .arg(&pcap)
+        .args(["--", "true"])
+        .output()
+        .expect("netbox run");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--capture needs bridge"));
+}

@@ -128,10 +128,16 @@ pub fn start(
     Ok(std::thread::spawn(move || {
         let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
         let mut buf = vec![0u8; SNAPLEN as usize];
-        while !stop.load(Ordering::Relaxed) {
+        loop {
+            // After the stop, what is queued still gets written (without waiting for more).
+            let stopping = stop.load(Ordering::Relaxed);
+            let flags = libc::MSG_TRUNC | if stopping { libc::MSG_DONTWAIT } else { 0 };
             // SAFETY: receives into a buffer of the given length; MSG_TRUNC returns the real size.
-            let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
+            let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), flags) };
             if n <= 0 {
+                if stopping {
+                    break;
+                }
                 continue;
             }
             let orig = n as usize;
