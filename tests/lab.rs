@@ -463,3 +463,51 @@ fn run_capture_writes_the_sandbox_packets() {
     assert_eq!(out.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--capture needs bridge"));
 }
+
+#[test]
+fn start_commands_run_in_their_node_and_stop_with_the_lab() {
+    if !harness::private_host("lab::start_commands_run_in_their_node_and_stop_with_the_lab") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path().display();
+    let topo = Topology::from_toml(&format!(
+        r#"
+        name = "starts"
+        [[node]]
+        name = "a"
+        start = ["ip -br link > {d}/links; echo $$ > {d}/pid; exec sleep 60"]
+        [[node]]
+        name = "b"
+        [[link]]
+        a = "a:left"
+        b = "b:right"
+        "#
+    ))
+    .expect("parses");
+    let lab = Lab::build(&topo, &BuildOptions::default()).expect("lab up");
+    let pid_file = dir.path().join("pid");
+    eventually("the start command to run", || pid_file.exists());
+    eventually("the link list", || {
+        std::fs::read_to_string(dir.path().join("links")).is_ok_and(|l| l.contains("left@"))
+    });
+    let pid = std::fs::read_to_string(&pid_file).expect("pid");
+    let pid = pid.trim();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    drop(lab);
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    };
+    eventually("the start command to stop", gone);
+    // Another lab's namespaces are never removed by a lab that failed to build.
+    harness::sh("ip netns add taken-a");
+    let clash = Topology::from_toml("name = \"taken\"\n[[node]]\nname = \"a\"\n").expect("parses");
+    let err = Lab::build(&clash, &BuildOptions::default())
+        .err()
+        .expect("name clash refused");
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(harness::exists("/run/netns/taken-a"));
+    assert!(!harness::exists("/run/netns/taken--fabric"));
+}

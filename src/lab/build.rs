@@ -40,12 +40,17 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
         nodes: BTreeMap::new(),
         fabric: None,
         services: Services::default(),
+        owned: vec![],
         keep: false,
     };
     let name = lab.plan.name.clone();
-    lab.fabric = Some(netns::create_named(&fabric_ns_name(&name))?);
+    let fabric = fabric_ns_name(&name);
+    lab.fabric = Some(netns::create_named(&fabric)?);
+    lab.owned.push(fabric);
     for node in &lab.plan.nodes {
-        let ns = netns::create_named(&node_ns_name(&name, &node.name))?;
+        let ns_name = node_ns_name(&name, &node.name);
+        let ns = netns::create_named(&ns_name)?;
+        lab.owned.push(ns_name);
         lab.nodes.insert(node.name.clone(), ns);
     }
     for node in &lab.plan.nodes {

@@ -94,6 +94,8 @@ pub struct Lab {
     nodes: BTreeMap<String, NetNs>,
     fabric: Option<NetNs>,
     services: services::Services,
+    /// Namespaces this lab created (and only those are removed: never another's).
+    owned: Vec<String>,
     keep: bool,
 }
 
@@ -213,13 +215,10 @@ impl Drop for Lab {
             return;
         }
         // Teardown goes on past failures: every namespace gets its chance.
-        for name in self.nodes.keys() {
-            if let Err(e) = netns::delete_named(&build::node_ns_name(&self.plan.name, name)) {
-                tracing::warn!(%e, node = %name, "removing a lab node");
+        for name in &self.owned {
+            if let Err(e) = netns::delete_named(name) {
+                tracing::warn!(%e, namespace = %name, "removing a lab namespace");
             }
-        }
-        if let Err(e) = netns::delete_named(&build::fabric_ns_name(&self.plan.name)) {
-            tracing::warn!(%e, "removing the lab fabric");
         }
     }
 }

@@ -1026,6 +1026,26 @@ mod tests {
     }
 
     #[test]
+    fn json_files_take_the_same_keys() {
+        let dir = std::env::temp_dir().join(format!("netbox-lab-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let path = dir.join("pair-lab.json");
+        std::fs::write(
+            &path,
+            r#"{"node": [{"name": "a"}, {"name": "b", "listen": ["tcp:80"]}],
+                "link": [{"a": "a", "b": "b", "subnet": "10.9.0.0/30"}],
+                "check": [{"from": "a", "to": "b", "tcp": 80}]}"#,
+        )
+        .expect("write");
+        let topo = Topology::from_file(&path).expect("parses");
+        let _ = std::fs::remove_dir_all(&dir);
+        // The name comes from the file, '_' made '-'.
+        assert_eq!(topo.name(), "pair-lab");
+        let plan = resolve(&topo).expect("resolves");
+        assert_eq!(plan.checks[0].addr.to_string(), "10.9.0.2");
+    }
+
+    #[test]
     fn rates_and_durations_parse() {
         assert_eq!(parse_rate("20mbit"), Some(2_500_000));
         assert_eq!(parse_rate("1gbit"), Some(125_000_000));
