@@ -10,6 +10,10 @@
 //! of `netns del` to remove it. A row for the end-to-end CLI (`netbox lab test`, with its
 //! holder process and private host) is printed as well.
 //!
+//! 50 nodes that all talk need 2450 neighbour entries, more than the kernel's learned-entry
+//! limit for the whole host (gc_thresh3 = 1024): the switch is `static_arp` (fixed MACs,
+//! permanent neighbour entries), and the shell script does the same with `neigh replace`.
+//!
 //! Runs as root inside a private network + mount namespace. `cargo bench --bench lab [-- N]`.
 
 mod common;
@@ -52,6 +56,11 @@ fn star_toml(name: &str) -> String {
 
 fn addr(i: usize) -> IpAddr {
     IpAddr::from([10, 250, 0, i as u8])
+}
+
+/// The fixed MAC netbox gives a port on a static-ARP switch (topology::static_mac).
+fn mac(i: usize) -> String {
+    format!("02:6c:0a:fa:00:{i:02x}")
 }
 
 fn ip_batch(args: &[&str], script: &str) {
@@ -133,13 +142,19 @@ fn shell_round(plan: &topology::Plan, checks: &[CheckPlan]) -> (Duration, Durati
     }
     ip_batch(&[], &root);
     for i in 1..=NODES {
-        ip_batch(
-            &["-n", &format!("s{i}")],
-            &format!(
-                "link set lo up\naddr add {}/24 dev eth0\nlink set eth0 up\n",
-                addr(i)
-            ),
+        let mut batch = format!(
+            "link set lo up\nlink set eth0 address {}\naddr add {}/24 dev eth0\nlink set eth0 up\n",
+            mac(i),
+            addr(i)
         );
+        for j in (1..=NODES).filter(|j| *j != i) {
+            batch.push_str(&format!(
+                "neigh replace {} lladdr {} dev eth0 nud permanent\n",
+                addr(j),
+                mac(j)
+            ));
+        }
+        ip_batch(&["-n", &format!("s{i}")], &batch);
     }
     let nodes: BTreeMap<String, NetNs> = (1..=NODES)
         .map(|i| {

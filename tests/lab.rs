@@ -511,3 +511,39 @@ fn start_commands_run_in_their_node_and_stop_with_the_lab() {
     assert!(harness::exists("/run/netns/taken-a"));
     assert!(!harness::exists("/run/netns/taken--fabric"));
 }
+
+#[test]
+fn fifty_node_star_with_static_arp_passes_all_pairs() {
+    if !harness::private_host("lab::fifty_node_star_with_static_arp_passes_all_pairs") {
+        return;
+    }
+    let mut t = String::from(
+        "name = \"star\"\n[[switch]]\nname = \"sw\"\nsubnet = \"10.250.0.0/24\"\nstatic_arp = true\n",
+    );
+    for i in 1..=50 {
+        t.push_str(&format!("[[node]]\nname = \"n{i}\"\nlisten = [\"tcp:80\"]\n[[link]]\na = \"n{i}\"\nb = \"sw\"\n"));
+    }
+    for i in 1..=50 {
+        for j in i + 1..=50 {
+            t.push_str(&format!(
+                "[[check]]\nfrom = \"n{i}\"\nto = \"n{j}\"\ntcp = 80\n"
+            ));
+        }
+    }
+    let topo = Topology::from_toml(&t).expect("parses");
+    let lab = Lab::build(&topo, &BuildOptions::default()).expect("lab up");
+    // Fixed MACs and permanent entries, as the kernel shows them.
+    let neigh = ip_json("-n star-n1 neigh show dev eth0");
+    let entries = neigh.as_array().expect("neighbours");
+    assert_eq!(entries.len(), 49);
+    assert!(
+        entries.iter().any(|e| e["dst"] == "10.250.0.50"
+            && e["lladdr"] == "02:6c:0a:fa:00:32"
+            && e["state"].to_string().contains("PERMANENT")),
+        "{neigh}"
+    );
+    let results = lab.check().expect("checks");
+    assert_eq!(results.len(), 1225);
+    let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}

@@ -152,6 +152,7 @@ async fn configure(lab: &Lab, options: &BuildOptions) -> Result<()> {
         }
     }
     drop(pending);
+    fill_static_neighbors(&conns, plan).await?;
     // Devices and routes, node by node.
     for node in &plan.nodes {
         let conn = conns.node(&node.name)?;
@@ -221,6 +222,43 @@ async fn configure(lab: &Lab, options: &BuildOptions) -> Result<()> {
     Ok(())
 }
 
+/// On static-ARP switches: every member node learns every other member's (fixed) MAC.
+async fn fill_static_neighbors(conns: &Conns, plan: &Plan) -> Result<()> {
+    let mut adds = FuturesUnordered::new();
+    for sw in plan.switches.iter().filter(|s| s.static_arp) {
+        let members: Vec<(&str, &str, IpAddr)> = plan
+            .links
+            .iter()
+            .filter_map(|l| match (&l.a, &l.b) {
+                (EndPlan::Node { node, iface }, EndPlan::Switch { switch, .. })
+                    if switch == &sw.name =>
+                {
+                    Some((node.as_str(), iface.name.as_str(), iface.address?.ip()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (node, ifname, _) in &members {
+            let conn = conns.node(node)?.clone();
+            let link = must_link(&conn, ifname).await?;
+            for (other, _, ip) in &members {
+                if other == node {
+                    continue;
+                }
+                let Some(mac) = super::topology::static_mac(*ip) else {
+                    continue;
+                };
+                let (conn, link, ip) = (conn.clone(), link.clone(), *ip);
+                adds.push(async move { conn.add_permanent_neighbor(&link, ip, mac).await });
+            }
+        }
+    }
+    while let Some(r) = adds.next().await {
+        r?;
+    }
+    Ok(())
+}
+
 async fn must_link(conn: &Netlink, name: &str) -> Result<Link> {
     conn.link_by_name(name).await?.ok_or_else(|| {
         LabError::Netlink(crate::netlink::NetlinkError::LinkNotFound { name: name.into() })
@@ -250,6 +288,15 @@ async fn build_link(
                 name: switch.clone(),
                 context: "link".into(),
             })?;
+            let static_arp = lab
+                .plan
+                .switches
+                .iter()
+                .any(|s| &s.name == switch && s.static_arp);
+            let peer_mac = match a_if.address {
+                Some(a) if static_arp => super::topology::static_mac(a.ip()),
+                _ => None,
+            };
             let port_link = conn
                 .create_veth(
                     &VethSpec {
@@ -257,7 +304,7 @@ async fn build_link(
                         peer_name: a_if.name.clone(),
                         controller: Some(bridge.index),
                         mtu: None,
-                        peer_mac: None,
+                        peer_mac,
                         alias: Some(format!("lab {} link to {}", lab.plan.name, a_node)),
                     },
                     a_ns,

@@ -12,8 +12,11 @@ use super::topology::{CheckPlan, Expect, Plan, Probe};
 use super::Result;
 use crate::netns::NetNs;
 
-/// How long a probe waits for an answer.
-pub const TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a probe waits for an answer: long enough for one retransmission of a lost SYN or
+/// ARP request (1 s each), so a reachable target never fails on a single lost packet.
+pub const TIMEOUT: Duration = Duration::from_millis(2500);
+/// How many source nodes probe at the same time.
+pub const PARALLEL_NODES: usize = 8;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckResult {
@@ -39,26 +42,40 @@ pub fn run_checks<'a>(
         groups.push((node(name)?, list));
     }
     let mut results: Vec<Option<CheckResult>> = vec![None; checks.len()];
+    // A bounded number of nodes probe at once: fifty nodes ARPing each other all at once flood
+    // the bridge past the kernel's backlog, and a lost ARP costs a one-second retry.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = groups.len().clamp(1, PARALLEL_NODES);
     let outcomes = std::thread::scope(|s| {
-        let handles: Vec<_> = groups
-            .iter()
-            .map(|(ns, list)| {
-                s.spawn(move || {
-                    ns.run_in(|| {
-                        list.iter()
-                            .map(|(i, c)| (*i, run_one(c)))
-                            .collect::<Vec<_>>()
-                    })
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = vec![];
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((ns, list)) = groups.get(i) else {
+                            break;
+                        };
+                        let r = ns.run_in(|| {
+                            list.iter()
+                                .map(|(i, c)| (*i, run_one(c)))
+                                .collect::<Vec<_>>()
+                        });
+                        done.push(r);
+                    }
+                    done
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
     });
     for outcome in outcomes {
-        let list =
-            outcome.map_err(|_| super::LabError::Invalid("a check thread panicked".into()))??;
-        for (i, r) in list {
-            results[i] = Some(r);
+        let lists =
+            outcome.map_err(|_| super::LabError::Invalid("a check thread panicked".into()))?;
+        for list in lists {
+            for (i, r) in list? {
+                results[i] = Some(r);
+            }
         }
     }
     Ok(results.into_iter().flatten().collect())

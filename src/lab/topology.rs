@@ -114,6 +114,11 @@ pub struct SwitchSpec {
     /// Address of the bridge itself (only for a switch inside a node).
     #[serde(default)]
     pub address: Option<IpNetwork>,
+    /// Give the ports fixed MACs and every node permanent neighbour entries for the others, so
+    /// no ARP is needed. For large switches: the kernel's neighbour table holds 1024 learned
+    /// entries for the whole host (gc_thresh3), and 50 nodes that all talk need 2450.
+    #[serde(default)]
+    pub static_arp: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -302,6 +307,7 @@ pub struct NodePlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct SwitchPlan {
     pub name: String,
+    pub static_arp: bool,
     pub node: Option<String>,
     pub subnet: IpNetwork,
     pub address: Option<IpNetwork>,
@@ -356,6 +362,17 @@ impl Plan {
 
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// The fixed MAC of a port with this IPv4 address on a static-ARP switch: 02:6c:A:B:C:D.
+pub fn static_mac(ip: IpAddr) -> Option<[u8; 6]> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            Some([0x02, 0x6c, o[0], o[1], o[2], o[3]])
+        }
+        IpAddr::V6(_) => None,
     }
 }
 
@@ -579,6 +596,7 @@ pub fn resolve(topo: &Topology) -> Result<Plan> {
         switch_pools.insert(s.name.clone(), pool);
         switches.push(SwitchPlan {
             name: s.name.clone(),
+            static_arp: s.static_arp,
             node: s.node.clone(),
             subnet,
             address: s.address,

@@ -26,6 +26,7 @@ use thiserror::Error;
 
 use crate::netns::NetNs;
 
+mod neigh;
 mod tc;
 mod vxlan;
 pub use tc::{NetemSpec, TbfSpec};
