@@ -34,6 +34,8 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
             )));
         }
     }
+    let start = std::time::Instant::now();
+    let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
     // The Lab owns what exists from here on, so an early return tears it down.
     let mut lab = Lab {
         plan,
@@ -53,6 +55,7 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
         lab.owned.push(ns_name);
         lab.nodes.insert(node.name.clone(), ns);
     }
+    phase("namespaces created");
     for node in &lab.plan.nodes {
         let ns = lab.node(&node.name)?;
         for (dev, tap) in node
@@ -75,9 +78,12 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
             what: "starting the netlink runtime".into(),
             source,
         })?;
+    phase("devices and forwarding");
     rt.block_on(configure(&lab, options))?;
     drop(rt);
+    phase("configured");
     lab.services = Services::start(&lab, options)?;
+    phase("services started");
     Ok(lab)
 }
 
@@ -108,6 +114,7 @@ async fn configure(lab: &Lab, options: &BuildOptions) -> Result<()> {
         conns.nodes.insert(name.clone(), Netlink::connect_in(ns)?);
     }
     let conns = conns;
+    tracing::debug!("netlink connected");
     let plan = &lab.plan;
     let mut los: FuturesUnordered<_> = conns
         .nodes
@@ -152,7 +159,9 @@ async fn configure(lab: &Lab, options: &BuildOptions) -> Result<()> {
         }
     }
     drop(pending);
+    tracing::debug!("links built");
     fill_static_neighbors(&conns, plan).await?;
+    tracing::debug!("neighbours filled");
     // Devices and routes, node by node.
     for node in &plan.nodes {
         let conn = conns.node(&node.name)?;

@@ -16,6 +16,8 @@ use super::{capture, BuildOptions, Lab, LabError, Result};
 pub struct Services {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Listener threads (inside their nodes).
+    listeners: Vec<JoinHandle<std::result::Result<(), crate::netns::NetnsError>>>,
     /// Sockets to shut down so their threads wake up (raw numbers stay valid: each thread
     /// owns its socket until it exits, after the shutdown).
     wake: Vec<i32>,
@@ -48,48 +50,29 @@ impl Services {
                 s.children.push(child);
             }
         }
+        // Each listener binds and serves on its own thread inside its node: binding in
+        // parallel, without a separate namespace switch per socket. Each reports its socket
+        // (to be woken at stop) or its error.
+        let (tx, rx) = std::sync::mpsc::channel::<std::result::Result<i32, String>>();
+        let mut expected = 0;
         for node in &lab.plan.nodes {
             let ns = lab.node(&node.name)?;
             for l in &node.listen {
-                match *l {
-                    Listen::Tcp(port) => {
-                        let listener = ns
-                            .run_in(move || TcpListener::bind(("0.0.0.0", port)))?
-                            .map_err(|source| LabError::Io {
-                                what: format!("listening on tcp:{port} in \"{}\"", node.name),
-                                source,
-                            })?;
-                        s.wake.push(listener.as_raw_fd());
-                        let stop = s.stop.clone();
-                        s.threads.push(std::thread::spawn(move || {
-                            for conn in listener.incoming() {
-                                if stop.load(Ordering::Relaxed) {
-                                    break;
-                                }
-                                drop(conn);
-                            }
-                        }));
-                    }
-                    Listen::Udp(port) => {
-                        let sock = ns
-                            .run_in(move || UdpSocket::bind(("0.0.0.0", port)))?
-                            .map_err(|source| LabError::Io {
-                                what: format!("listening on udp:{port} in \"{}\"", node.name),
-                                source,
-                            })?;
-                        let _ = sock.set_read_timeout(Some(Duration::from_millis(250)));
-                        s.wake.push(sock.as_raw_fd());
-                        let stop = s.stop.clone();
-                        s.threads.push(std::thread::spawn(move || {
-                            let mut buf = [0u8; 2048];
-                            while !stop.load(Ordering::Relaxed) {
-                                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
-                                    let _ = sock.send_to(&buf[..n], peer);
-                                }
-                            }
-                        }));
-                    }
+                let (tx, stop, name, l) = (tx.clone(), s.stop.clone(), node.name.clone(), *l);
+                expected += 1;
+                s.listeners
+                    .push(ns.spawn_in(move || serve(l, &name, &tx, &stop))?);
+            }
+        }
+        drop(tx);
+        for _ in 0..expected {
+            match rx.recv() {
+                Ok(Ok(fd)) => s.wake.push(fd),
+                Ok(Err(e)) => {
+                    s.stop();
+                    return Err(LabError::Invalid(e));
                 }
+                Err(_) => break,
             }
         }
         if let Some(dir) = &options.capture {
@@ -105,7 +88,50 @@ impl Services {
         }
         Ok(s)
     }
+}
 
+/// Binds one listener in the calling thread's namespace, reports it, and serves until stopped.
+fn serve(
+    l: Listen,
+    node: &str,
+    report: &std::sync::mpsc::Sender<std::result::Result<i32, String>>,
+    stop: &AtomicBool,
+) {
+    let fail = |what: String, e: std::io::Error| {
+        let _ = report.send(Err(format!("{what} in \"{node}\": {e}")));
+    };
+    match l {
+        Listen::Tcp(port) => {
+            let listener = match TcpListener::bind(("0.0.0.0", port)) {
+                Ok(l) => l,
+                Err(e) => return fail(format!("listening on tcp:{port}"), e),
+            };
+            let _ = report.send(Ok(listener.as_raw_fd()));
+            for conn in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                drop(conn);
+            }
+        }
+        Listen::Udp(port) => {
+            let sock = match UdpSocket::bind(("0.0.0.0", port)) {
+                Ok(s) => s,
+                Err(e) => return fail(format!("listening on udp:{port}"), e),
+            };
+            let _ = sock.set_read_timeout(Some(Duration::from_millis(250)));
+            let _ = report.send(Ok(sock.as_raw_fd()));
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(&buf[..n], peer);
+                }
+            }
+        }
+    }
+}
+
+impl Services {
     /// Stops everything; safe to call twice.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -119,6 +145,9 @@ impl Services {
             let _ = child.wait();
         }
         for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for t in self.listeners.drain(..) {
             let _ = t.join();
         }
     }
