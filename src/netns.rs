@@ -60,7 +60,7 @@ pub enum NetnsError {
     Thread(String),
 }
 
-type Result<T, E = NetnsError> = std::result::Result<T, E>;
+pub type Result<T, E = NetnsError> = std::result::Result<T, E>;
 
 /// A handle on a network namespace: an open nsfs file. The namespace lives at least as long as
 /// this handle (or any other reference: a process, a bind mount, a socket made inside it).
