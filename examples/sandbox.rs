@@ -20,24 +20,8 @@ fn main() {
         } else {
             NetMode::None
         },
-        ips: vec![],
-        ifname: "eth0".into(),
-        mtu: None,
-        mac: None,
         hostname: Some("example".into()),
-        dns: vec![],
-        program,
-        args,
-        env: vec![],
-        cwd: None,
-        keep_caps: vec![],
-        user: None,
-        name: None,
-        tuns: vec![],
-        publish: vec![],
-        masquerade: None,
-        isolate: false,
-        block_host: false,
+        ..RunSpec::command(program, args)
     };
     match sandbox::run(spec) {
         Ok(code) => std::process::exit(code),

@@ -11,6 +11,7 @@ use ipnetwork::IpNetwork;
 
 use netbox::sandbox::{self, NetMode, RunSpec};
 
+mod lab;
 mod ns;
 mod tuntap;
 
@@ -43,6 +44,8 @@ enum Command {
     /// Manage TUN/TAP devices in the current network namespace.
     #[command(subcommand)]
     Tuntap(tuntap::TuntapCommand),
+    /// Reproducible network labs from a topology file (up, exec, check, down, test, graph).
+    Lab(lab::LabArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -123,6 +126,9 @@ struct RunArgs {
     /// the user CMD runs as, so CMD attaches to it by name), with an address (repeatable).
     #[arg(long = "tun", value_name = "NAME[:ADDR/LEN]")]
     tuns: Vec<netbox::tuntap::TunRequest>,
+    /// Write the sandbox interface's packets to FILE (pcap; tcpdump -r, Wireshark).
+    #[arg(long, value_name = "FILE")]
+    capture: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy)]
@@ -191,6 +197,7 @@ fn main() -> ExitCode {
         Command::Gc(args) => ns::gc(args),
         Command::Network(cmd) => ns::network(cmd),
         Command::Tuntap(cmd) => tuntap::run(cmd),
+        Command::Lab(args) => lab::run(args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(125))
 }
@@ -236,6 +243,7 @@ fn run(args: RunArgs) -> i32 {
         },
         isolate: args.isolate,
         block_host: args.block_host,
+        capture: args.capture,
     };
     match sandbox::run(spec) {
         Ok(code) => code,

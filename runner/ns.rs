@@ -147,24 +147,14 @@ pub fn exec(args: ExecArgs) -> i32 {
     };
     let spec = RunSpec {
         net: NetMode::None,
-        ips: vec![],
         ifname: String::new(),
-        mtu: None,
-        mac: None,
         hostname: args.hostname,
         dns: args.dns,
-        program,
-        args: command.collect(),
         env: env_pairs(&args.env),
         cwd: args.cwd,
         keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
         user,
-        name: None,
-        tuns: vec![],
-        publish: vec![],
-        masquerade: None,
-        isolate: false,
-        block_host: false,
+        ..RunSpec::command(program, command.collect())
     };
     match named::exec(&args.name, &spec) {
         Ok(code) => code,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod firewall;
 pub mod gc;
 pub mod ipam;
+pub mod lab;
 pub mod named;
 pub mod netlink;
 pub mod netns;

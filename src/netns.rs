@@ -60,7 +60,7 @@ pub enum NetnsError {
     Thread(String),
 }
 
-type Result<T, E = NetnsError> = std::result::Result<T, E>;
+pub type Result<T, E = NetnsError> = std::result::Result<T, E>;
 
 /// A handle on a network namespace: an open nsfs file. The namespace lives at least as long as
 /// this handle (or any other reference: a process, a bind mount, a socket made inside it).
@@ -174,6 +174,26 @@ impl NetNs {
             })?;
             Ok(f())
         })
+    }
+
+    /// Runs `f` on a new long-lived thread that has entered this namespace (a service that
+    /// stays in it, like a lab's listener). The thread is dedicated: it never does other work.
+    pub fn spawn_in<T, F>(&self, f: F) -> Result<std::thread::JoinHandle<Result<T>>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let fd = self.try_clone_fd()?;
+        let what = self.describe();
+        std::thread::Builder::new()
+            .name("netbox-netns-svc".into())
+            .spawn(move || {
+                setns(&fd, CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| NetnsError::Enter { what, source })?;
+                drop(fd);
+                Ok(f())
+            })
+            .map_err(|e| NetnsError::Thread(e.to_string()))
     }
 
     /// A duplicate of the underlying descriptor (to hand to a child process).

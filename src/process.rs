@@ -1060,6 +1060,108 @@ impl Sandboxed {
     }
 }
 
+/// Makes `cmd` start inside the namespaces `fds` (each with its CLONE_NEW* type, in order: the
+/// user namespace first). The setns calls run in the forked child, which is single-threaded, as
+/// joining a user namespace requires. Used by labs to run commands in a node and to re-enter a
+/// lab's private host.
+pub fn enter_namespaces_on_exec(
+    cmd: &mut std::process::Command,
+    fds: Vec<(OwnedFd, nix::sched::CloneFlags)>,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure only makes setns syscalls on descriptors opened before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (fd, kind) in &fds {
+                nix::sched::setns(fd, *kind).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes `cmd` start as the holder of a private host: its own session, new network + mount
+/// namespaces (and a user namespace mapping only the caller when not root), / made private and
+/// fresh tmpfs mounts on `tmpfs_dirs` (those that exist), so named namespaces and state made
+/// inside never reach the real host and vanish with the holder.
+pub fn private_host_on_exec(cmd: &mut std::process::Command, rootless: bool, tmpfs_dirs: &[&str]) {
+    use std::os::unix::process::CommandExt;
+    let uid_map = format!("0 {} 1", nix::unistd::getuid().as_raw());
+    let gid_map = format!("0 {} 1", nix::unistd::getgid().as_raw());
+    let dirs: Vec<CString> = tmpfs_dirs
+        .iter()
+        .filter_map(|d| CString::new(*d).ok())
+        .collect();
+    // SAFETY: the closure runs in the forked child before exec and only makes syscalls (the
+    // strings were allocated before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::mount::{mount, MsFlags};
+            use nix::sched::{unshare, CloneFlags};
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if rootless {
+                unshare(
+                    CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS,
+                )
+                .map_err(std::io::Error::from)?;
+                for (path, data) in [
+                    ("/proc/self/setgroups", "deny".as_bytes()),
+                    ("/proc/self/uid_map", uid_map.as_bytes()),
+                    ("/proc/self/gid_map", gid_map.as_bytes()),
+                ] {
+                    use std::io::Write;
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(path)?
+                        .write_all(data)?;
+                }
+            } else {
+                unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+                    .map_err(std::io::Error::from)?;
+            }
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(std::io::Error::from)?;
+            for dir in &dirs {
+                mount(
+                    Some("tmpfs"),
+                    dir.as_c_str(),
+                    Some("tmpfs"),
+                    MsFlags::empty(),
+                    Some("mode=0755"),
+                )
+                .map_err(std::io::Error::from)?;
+            }
+            // A /sys of the private network namespace, for tools that read it.
+            let _ = mount(
+                Some("sysfs"),
+                "/sys",
+                Some("sysfs"),
+                MsFlags::empty(),
+                None::<&str>,
+            );
+            Ok(())
+        });
+    }
+}
+
+/// Makes `cmd` start in its own session (a detached lab holder on the real host).
+pub fn new_session_on_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

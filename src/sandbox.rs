@@ -70,6 +70,40 @@ pub struct RunSpec {
     pub isolate: bool,
     /// The sandbox cannot reach the host's own addresses.
     pub block_host: bool,
+    /// Write the sandbox interface's packets to this pcap file (bridge networking only).
+    pub capture: Option<PathBuf>,
+}
+
+impl RunSpec {
+    /// `program args` on the built-in network with everything else as `netbox run` defaults
+    /// it; set the fields that differ.
+    pub fn command(program: impl Into<OsString>, args: Vec<OsString>) -> RunSpec {
+        RunSpec {
+            net: NetMode::Bridge {
+                network: network::DEFAULT_NETWORK.into(),
+                subnet: None,
+            },
+            ips: vec![],
+            ifname: "eth0".into(),
+            mtu: None,
+            mac: None,
+            hostname: None,
+            dns: vec![],
+            program: program.into(),
+            args,
+            env: vec![],
+            cwd: None,
+            keep_caps: vec![],
+            user: None,
+            name: None,
+            tuns: vec![],
+            publish: vec![],
+            masquerade: None,
+            isolate: false,
+            block_host: false,
+            capture: None,
+        }
+    }
 }
 
 /// True when netbox can build bridge networks: it needs CAP_NET_ADMIN for netlink and
@@ -84,6 +118,12 @@ pub fn privileged() -> bool {
 /// any other thread exists: it blocks the forwarded signals for the whole process.
 pub fn run(spec: RunSpec) -> Result<i32> {
     process::block_forwarded_signals()?;
+    if spec.capture.is_some() && matches!(spec.net, NetMode::None) {
+        return Err(Error::Config(
+            "--capture needs bridge networking: with --net none there is no interface to capture"
+                .into(),
+        ));
+    }
     match &spec.net {
         NetMode::None if spec.name.is_some() => Err(Error::Config(
             "--name needs a bridge network (--net bridge)".into(),
@@ -172,11 +212,11 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
             )?),
             None => None,
         };
-        Ok::<_, Error>((attached, named))
+        Ok::<_, Error>((attached, named, ns))
     });
     // The runtime and its sockets are gone here: only the child holds the namespace, which
     // dies with CMD and takes the veth with it.
-    let firewall = wired.and_then(|(attached, named)| {
+    let firewall = wired.and_then(|(attached, named, ns)| {
         let applied = firewall_spec(spec, network, &owner, &attached).and_then(|fw| {
             if let Some(fw) = &fw {
                 for notice in firewall::apply(fw)?.notices {
@@ -187,7 +227,7 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
             Ok(fw.is_some())
         });
         match applied {
-            Ok(has_rules) => Ok((attached, named, has_rules)),
+            Ok(has_rules) => Ok((attached, named, has_rules, ns)),
             Err(e) => {
                 if let Some(record) = &named {
                     crate::named::unpublish_run(record);
@@ -196,7 +236,7 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
             }
         }
     });
-    let (attached, named, has_rules) = match firewall {
+    let (attached, named, has_rules, ns) = match firewall {
         Ok(a) => a,
         Err(e) => {
             drop(child); // kills the waiting child, and with it the namespace
@@ -205,8 +245,34 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
         }
     };
     phase("attached");
+    // The capture's socket keeps the namespace alive until CMD ends and the capture stops.
+    let capture = match &spec.capture {
+        Some(path) => {
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            match crate::lab::capture::start(&ns, &spec.ifname, path, stop.clone()) {
+                Ok(thread) => Some((stop, thread)),
+                Err(e) => {
+                    drop(child);
+                    if let Some(record) = &named {
+                        crate::named::unpublish_run(record);
+                    }
+                    if has_rules {
+                        let _ = firewall::remove(&owner);
+                    }
+                    let _ = store.release(&owner);
+                    return Err(Error::Config(e.to_string()));
+                }
+            }
+        }
+        None => None,
+    };
+    drop(ns);
     let ips: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
     let result = start_and_wait(child, &private_files(spec, &ips));
+    if let Some((stop, thread)) = capture {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+    }
     phase("command ended");
     if let Some(record) = named {
         crate::named::unpublish_run(&record);

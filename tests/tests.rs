@@ -4,6 +4,7 @@ mod harness;
 mod cni;
 mod firewall;
 mod ipam;
+mod lab;
 mod lifecycle;
 mod netlink;
 mod run;

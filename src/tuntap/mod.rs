@@ -22,7 +22,6 @@ use thiserror::Error;
 pub use device::{AsyncQueue, Queue};
 pub use vnet::{Offloads, VnetHeader};
 
-
 #[derive(Debug, Error)]
 pub enum TuntapError {
     #[error("invalid TUN/TAP device name {name:?}: {reason}")]

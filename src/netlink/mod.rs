@@ -26,6 +26,12 @@ use thiserror::Error;
 
 use crate::netns::NetNs;
 
+mod neigh;
+mod tc;
+mod vxlan;
+pub use tc::{NetemSpec, TbfSpec};
+pub use vxlan::VxlanSpec;
+
 /// Longest interface name the kernel takes (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
 
@@ -53,6 +59,11 @@ pub enum NetlinkError {
     LinkNotFound { name: String },
     #[error("invalid interface name {name:?}: {reason}")]
     InvalidIfname { name: String, reason: &'static str },
+    #[error("the kernel has no \"{kind}\" queueing discipline ({hint})")]
+    QdiscUnsupported {
+        kind: &'static str,
+        hint: &'static str,
+    },
     #[error("\"{name}\" exists but is a {kind}, not a bridge")]
     NotABridge { name: String, kind: String },
 }

@@ -1,0 +1,292 @@
+//! `netbox lab`: build, use, check and remove reproducible network labs (see src/lab).
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+
+use netbox::lab::check::{self, CheckResult};
+use netbox::lab::holder::{self, LabState, Mode};
+use netbox::lab::{graph, LabError, Topology};
+
+#[derive(Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build the lab and keep it up (prints a table of nodes and addresses).
+    Up {
+        file: PathBuf,
+        /// Build on the real host (root only) instead of a private host.
+        #[arg(long)]
+        host: bool,
+        /// Write a pcap file per link into DIR.
+        #[arg(long, value_name = "DIR")]
+        capture: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a node of a running lab.
+    Exec {
+        file: PathBuf,
+        node: String,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<OsString>,
+    },
+    /// Run the lab file's checks against the running lab.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the lab.
+    Down { file: PathBuf },
+    /// Up, check and down; the exit status is the checks' result.
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        host: bool,
+        #[arg(long, value_name = "DIR")]
+        capture: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the topology as Graphviz DOT (and write SVG with --svg when Graphviz is installed).
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+    },
+    /// (internal) The process that holds a lab while it is up.
+    #[command(hide = true)]
+    Hold {
+        file: PathBuf,
+        #[arg(long)]
+        capture: Option<PathBuf>,
+    },
+}
+
+pub fn run(args: LabArgs) -> i32 {
+    holder::restore_cwd();
+    match dispatch(args.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netbox lab: {}", holder::error_chain(&e));
+            125
+        }
+    }
+}
+
+fn dispatch(cmd: LabCommand) -> Result<i32, LabError> {
+    match cmd {
+        LabCommand::Hold { file, capture } => Ok(holder::hold(&file, capture)),
+        LabCommand::Up {
+            file,
+            host,
+            capture,
+            json,
+        } => {
+            up(&file, host, capture.as_deref(), json)?;
+            Ok(0)
+        }
+        LabCommand::Exec {
+            file,
+            node,
+            command,
+        } => exec(&file, &node, command),
+        LabCommand::Check { file, json } => check(&file, json),
+        LabCommand::Down { file } => {
+            let (_, plan) = holder::lab_name(&file)?;
+            if !holder::down(&plan.name)? {
+                eprintln!("netbox lab: lab \"{}\" was not up", plan.name);
+            }
+            Ok(0)
+        }
+        LabCommand::Test {
+            file,
+            host,
+            capture,
+            json,
+        } => {
+            let (_, plan) = holder::lab_name(&file)?;
+            up(&file, host, capture.as_deref(), json)?;
+            let result = check(&file, json);
+            let down = holder::down(&plan.name);
+            let code = result?;
+            down?;
+            Ok(code)
+        }
+        LabCommand::Graph { file, svg } => {
+            let topo = Topology::from_file(&file)?;
+            let plan = netbox::lab::topology::resolve(&topo)?;
+            print!("{}", graph::dot(&plan));
+            if let Some(out) = svg {
+                match graph::svg(&plan)? {
+                    Some(bytes) => std::fs::write(&out, bytes).map_err(|source| LabError::Io {
+                        what: format!("writing {}", out.display()),
+                        source,
+                    })?,
+                    None => {
+                        eprintln!("netbox lab: Graphviz (dot) is not installed: no SVG written");
+                        return Ok(1);
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn show_progress(done: usize, total: usize) {
+    eprint!("\rbuilding links {done}/{total}");
+    if done == total {
+        eprintln!();
+    }
+}
+
+fn up(file: &Path, host: bool, capture: Option<&Path>, json: bool) -> Result<(), LabError> {
+    let exe = std::env::current_exe().map_err(|source| LabError::Io {
+        what: "finding the netbox binary".into(),
+        source,
+    })?;
+    let mode = if host { Mode::Host } else { Mode::Private };
+    // A progress line only for large labs on a terminal.
+    let progress: Option<&dyn Fn(usize, usize)> = if std::io::stderr().is_terminal() && !json {
+        Some(&|done, total| {
+            if total >= 20 {
+                show_progress(done, total)
+            }
+        })
+    } else {
+        None
+    };
+    let (state, summary) = holder::up(&exe, file, mode, capture, progress)?;
+    if json {
+        let value = serde_json::json!({
+            "name": state.name, "pid": state.pid, "mode": state.mode, "summary": summary,
+        });
+        println!("{value}");
+    } else {
+        print!("{}", summary.table());
+    }
+    Ok(())
+}
+
+/// The running lab of `file`, or NotUp.
+/// Inside a private host (re-executed) there is no state to read: None.
+fn running(file: &Path) -> Result<(Option<LabState>, netbox::lab::Plan), LabError> {
+    let (_, plan) = holder::lab_name(file)?;
+    if std::env::var_os(holder::INSIDE_VAR).is_some() {
+        return Ok((None, plan));
+    }
+    match holder::load_state(&plan.name)? {
+        Some(state) => Ok((Some(state), plan)),
+        None => Err(LabError::NotUp { name: plan.name }),
+    }
+}
+
+/// For a private lab seen from outside: re-runs this very command inside its private host.
+fn reenter(state: Option<&LabState>, args: &[OsString]) -> Result<Option<i32>, LabError> {
+    let Some(state) = state.filter(|s| s.mode == Mode::Private) else {
+        return Ok(None);
+    };
+    let status = holder::enter_command(state, args)?
+        .status()
+        .map_err(|source| LabError::Io {
+            what: format!("entering lab \"{}\"", state.name),
+            source,
+        })?;
+    Ok(Some(status.code().unwrap_or(125)))
+}
+
+fn exec(file: &Path, node: &str, command: Vec<OsString>) -> Result<i32, LabError> {
+    let file = absolute(file);
+    let (state, plan) = running(&file)?;
+    let mut args: Vec<OsString> = vec![
+        "lab".into(),
+        "exec".into(),
+        file.clone().into(),
+        node.into(),
+        "--".into(),
+    ];
+    args.extend(command.iter().cloned());
+    if let Some(code) = reenter(state.as_ref(), &args)? {
+        return Ok(code);
+    }
+    let nodes = holder::open_nodes(&plan)?;
+    let ns = nodes.get(node).ok_or_else(|| LabError::Unknown {
+        what: "node",
+        name: node.to_string(),
+        context: format!("lab \"{}\"", plan.name),
+    })?;
+    let mut words = command.into_iter();
+    let program = words
+        .next()
+        .ok_or_else(|| LabError::Invalid("no command given".into()))?;
+    let status = netbox::lab::command_in(ns, &program)?
+        .args(words)
+        .status()
+        .map_err(|source| LabError::Io {
+            what: format!("running {program:?} in node \"{node}\""),
+            source,
+        })?;
+    Ok(status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    }))
+}
+
+fn check(file: &Path, json: bool) -> Result<i32, LabError> {
+    let file = absolute(file);
+    let (state, plan) = running(&file)?;
+    let mut args: Vec<OsString> = vec!["lab".into(), "check".into(), file.clone().into()];
+    if json {
+        args.push("--json".into());
+    }
+    if let Some(code) = reenter(state.as_ref(), &args)? {
+        return Ok(code);
+    }
+    let nodes = holder::open_nodes(&plan)?;
+    let results = check::run_checks(&plan, &plan.checks, |n| {
+        nodes.get(n).ok_or_else(|| LabError::Unknown {
+            what: "node",
+            name: n.to_string(),
+            context: "check".into(),
+        })
+    })?;
+    print_results(&results, json);
+    Ok(if results.iter().all(|r| r.passed) {
+        0
+    } else {
+        1
+    })
+}
+
+fn print_results(results: &[CheckResult], json: bool) {
+    let summary = check::summary(results);
+    if json {
+        let passed = results.iter().filter(|r| r.passed).count();
+        let value = serde_json::json!({
+            "checks": results, "passed": passed, "failed": results.len() - passed,
+        });
+        println!("{value}");
+        return;
+    }
+    for r in results {
+        println!(
+            "{}  {}  ({}, {:.1} ms)",
+            if r.passed { "PASS" } else { "FAIL" },
+            r.check,
+            r.detail,
+            r.millis
+        );
+    }
+    println!("{summary}");
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}

@@ -1,0 +1,443 @@
+//! Building a resolved [`Plan`]: namespaces, bridges, veths, addresses, devices, routes, rate
+//! limits, then the services. All netlink work runs concurrently on one connection per
+//! namespace (opened inside it once), in a current-thread runtime.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::services::Services;
+use super::topology::{EndPlan, LinkPlan, Plan};
+use super::{BuildOptions, Lab, LabError, Result};
+use crate::netlink::{BridgeSpec, Link, NetemSpec, Netlink, TbfSpec, VethSpec, VxlanSpec};
+use crate::netns;
+
+/// Threads creating node namespaces.
+const NS_THREADS: usize = 4;
+
+/// Name of a node's namespace under /run/netns.
+pub fn node_ns_name(lab: &str, node: &str) -> String {
+    format!("{lab}-{node}")
+}
+
+/// Name of the namespace holding the lab's top-level switches ('--' cannot start a node name).
+pub fn fabric_ns_name(lab: &str) -> String {
+    format!("{lab}--fabric")
+}
+
+/// Builds the plan; on failure everything made so far is removed.
+pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
+    for link in &plan.links {
+        if link.rate_bytes.is_some() && (link.delay_ns.is_some() || link.loss_percent.is_some()) {
+            return Err(LabError::Invalid(format!(
+                "link {} - {}: a rate limit together with delay/loss is not supported",
+                link.a.label(),
+                link.b.label()
+            )));
+        }
+    }
+    let start = std::time::Instant::now();
+    let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
+    // The Lab owns what exists from here on, so an early return tears it down.
+    let mut lab = Lab {
+        plan,
+        nodes: BTreeMap::new(),
+        fabric: None,
+        services: Services::default(),
+        owned: vec![],
+        keep: false,
+    };
+    let name = lab.plan.name.clone();
+    let fabric = fabric_ns_name(&name);
+    lab.fabric = Some(netns::create_named(&fabric)?);
+    lab.owned.push(fabric);
+    // Node namespaces are made by a few threads at once (creating one costs about half a
+    // millisecond, mostly in the kernel, and parallelizes); /run/netns was prepared above.
+    let names: Vec<(String, String)> = lab
+        .plan
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), node_ns_name(&name, &n.name)))
+        .collect();
+    let chunk = names.len().div_ceil(NS_THREADS).max(1);
+    let made: Vec<Vec<(String, String, netns::Result<netns::NetNs>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(node, ns)| (node.clone(), ns.clone(), netns::create_named(ns)))
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut first_error = None;
+    for (node, ns_name, result) in made.into_iter().flatten() {
+        match result {
+            Ok(ns) => {
+                lab.owned.push(ns_name);
+                lab.nodes.insert(node, ns);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e.into());
+    }
+    if lab.nodes.len() != names.len() {
+        return Err(LabError::Invalid(
+            "creating the node namespaces failed".into(),
+        ));
+    }
+    phase("namespaces created");
+    for node in &lab.plan.nodes {
+        let ns = lab.node(&node.name)?;
+        for (dev, tap) in node
+            .tun
+            .iter()
+            .map(|t| (t, false))
+            .chain(node.tap.iter().map(|t| (t, true)))
+        {
+            let (devname, owner) = (dev.name.clone(), dev.owner);
+            ns.run_in(move || create_tuntap(&devname, tap, owner))??;
+        }
+        if node.router {
+            ns.run_in(enable_forwarding)??;
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| LabError::Io {
+            what: "starting the netlink runtime".into(),
+            source,
+        })?;
+    phase("devices and forwarding");
+    rt.block_on(configure(&lab, options, start))?;
+    drop(rt);
+    phase("configured");
+    lab.services = Services::start(&lab, options)?;
+    phase("services started");
+    Ok(lab)
+}
+
+struct Conns {
+    fabric: Netlink,
+    nodes: BTreeMap<String, Netlink>,
+}
+
+impl Conns {
+    fn node(&self, name: &str) -> Result<&Netlink> {
+        self.nodes.get(name).ok_or_else(|| LabError::Unknown {
+            what: "node",
+            name: name.into(),
+            context: "netlink".into(),
+        })
+    }
+}
+
+async fn configure(lab: &Lab, options: &BuildOptions, start: std::time::Instant) -> Result<()> {
+    let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
+    let fabric_ns = lab
+        .fabric()
+        .ok_or_else(|| LabError::Invalid("lab without fabric".into()))?;
+    let mut conns = Conns {
+        fabric: Netlink::connect_in(fabric_ns)?,
+        nodes: BTreeMap::new(),
+    };
+    for (name, ns) in &lab.nodes {
+        conns.nodes.insert(name.clone(), Netlink::connect_in(ns)?);
+    }
+    let conns = conns;
+    phase("netlink connected");
+    let plan = &lab.plan;
+    let mut los: FuturesUnordered<_> = conns
+        .nodes
+        .values()
+        .chain([&conns.fabric])
+        .map(|c| c.loopback_up())
+        .collect();
+    while let Some(r) = los.next().await {
+        r?;
+    }
+    // Switches.
+    let mut bridges: BTreeMap<String, (Netlink, Link)> = BTreeMap::new();
+    for sw in &plan.switches {
+        let conn = match &sw.node {
+            Some(n) => conns.node(n)?.clone(),
+            None => conns.fabric.clone(),
+        };
+        let link = conn
+            .ensure_bridge(&BridgeSpec {
+                name: sw.name.clone(),
+                mtu: None,
+            })
+            .await?;
+        if let Some(addr) = sw.address {
+            conn.add_address(&link, addr).await?;
+        }
+        bridges.insert(sw.name.clone(), (conn, link));
+    }
+    // Links, concurrently.
+    let total = plan.links.len();
+    let mut pending: FuturesUnordered<_> = plan
+        .links
+        .iter()
+        .map(|l| build_link(lab, &conns, &bridges, l))
+        .collect();
+    let mut done = 0;
+    while let Some(r) = pending.next().await {
+        r?;
+        done += 1;
+        if let Some(progress) = options.progress {
+            progress(done, total);
+        }
+    }
+    drop(pending);
+    phase("links built");
+    fill_static_neighbors(&conns, plan).await?;
+    phase("neighbours filled");
+    // Devices and routes, node by node.
+    for node in &plan.nodes {
+        let conn = conns.node(&node.name)?;
+        for dev in node.tun.iter().chain(&node.tap) {
+            let link = must_link(conn, &dev.name).await?;
+            conn.set_up(link.index, &link.name).await?;
+            if let Some(addr) = dev.address {
+                conn.add_address(&link, addr).await?;
+            }
+        }
+        for (vx, remote) in &node.vxlan {
+            let underlay = must_link(conn, &vx.dev).await?;
+            let link = conn
+                .create_vxlan(&VxlanSpec {
+                    name: vx.name.clone(),
+                    vni: vx.vni,
+                    underlay: Some(underlay.index),
+                    local: None,
+                    remote: Some(*remote),
+                    port: vx.port,
+                })
+                .await?;
+            if let Some(sw) = &vx.switch {
+                let (_, bridge) = bridges.get(sw).ok_or_else(|| LabError::Unknown {
+                    what: "switch",
+                    name: sw.clone(),
+                    context: format!("vxlan \"{}\"", vx.name),
+                })?;
+                conn.set_controller(&link, bridge.index).await?;
+            }
+            if let Some(addr) = vx.address {
+                conn.add_address(&link, addr).await?;
+            }
+        }
+        let addrs = plan.addresses_of(&node.name);
+        for route in &node.routes {
+            let dev = match (&route.dev, route.via) {
+                (Some(d), _) => d.clone(),
+                (None, Some(gw)) => addrs
+                    .iter()
+                    .find(|(_, a)| a.contains(gw))
+                    .map(|(i, _)| i.clone())
+                    .ok_or_else(|| {
+                        LabError::Invalid(format!(
+                            "node \"{}\": gateway {gw} is on none of its subnets",
+                            node.name
+                        ))
+                    })?,
+                (None, None) => {
+                    return Err(LabError::Invalid(format!(
+                        "node \"{}\": route {} has neither gateway nor device",
+                        node.name, route.dst
+                    )))
+                }
+            };
+            let link = must_link(conn, &dev).await?;
+            let dst = match (route.dst, route.via) {
+                // "default" was read as IPv4; an IPv6 gateway makes it ::/0.
+                (d, Some(IpAddr::V6(_))) if d.prefix() == 0 => "::/0"
+                    .parse()
+                    .map_err(|_| LabError::Invalid("::/0".into()))?,
+                (d, _) => d,
+            };
+            conn.add_route(&link, dst, route.via).await?;
+        }
+    }
+    Ok(())
+}
+
+/// On static-ARP switches: every member node learns every other member's (fixed) MAC.
+async fn fill_static_neighbors(conns: &Conns, plan: &Plan) -> Result<()> {
+    let mut adds = FuturesUnordered::new();
+    for sw in plan.switches.iter().filter(|s| s.static_arp) {
+        let members: Vec<(&str, &str, IpAddr)> = plan
+            .links
+            .iter()
+            .filter_map(|l| match (&l.a, &l.b) {
+                (EndPlan::Node { node, iface }, EndPlan::Switch { switch, .. })
+                    if switch == &sw.name =>
+                {
+                    Some((node.as_str(), iface.name.as_str(), iface.address?.ip()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (node, ifname, _) in &members {
+            let conn = conns.node(node)?.clone();
+            let link = must_link(&conn, ifname).await?;
+            for (other, _, ip) in &members {
+                if other == node {
+                    continue;
+                }
+                let Some(mac) = super::topology::static_mac(*ip) else {
+                    continue;
+                };
+                let (conn, link, ip) = (conn.clone(), link.clone(), *ip);
+                adds.push(async move { conn.add_permanent_neighbor(&link, ip, mac).await });
+            }
+        }
+    }
+    while let Some(r) = adds.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+async fn must_link(conn: &Netlink, name: &str) -> Result<Link> {
+    conn.link_by_name(name).await?.ok_or_else(|| {
+        LabError::Netlink(crate::netlink::NetlinkError::LinkNotFound { name: name.into() })
+    })
+}
+
+async fn build_link(
+    lab: &Lab,
+    conns: &Conns,
+    bridges: &BTreeMap<String, (Netlink, Link)>,
+    link: &LinkPlan,
+) -> Result<()> {
+    let EndPlan::Node {
+        node: a_node,
+        iface: a_if,
+    } = &link.a
+    else {
+        return Err(LabError::Invalid("link end a is not a node".into()));
+    };
+    let a_conn = conns.node(a_node)?;
+    let a_ns = lab.node(a_node)?;
+    // The end created "here" and the peer born in the a node.
+    let (here, here_link, b_shaped) = match &link.b {
+        EndPlan::Switch { switch, port } => {
+            let (conn, bridge) = bridges.get(switch).ok_or_else(|| LabError::Unknown {
+                what: "switch",
+                name: switch.clone(),
+                context: "link".into(),
+            })?;
+            let static_arp = lab
+                .plan
+                .switches
+                .iter()
+                .any(|s| &s.name == switch && s.static_arp);
+            let peer_mac = match a_if.address {
+                Some(a) if static_arp => super::topology::static_mac(a.ip()),
+                _ => None,
+            };
+            let port_link = conn
+                .create_veth(
+                    &VethSpec {
+                        host_name: port.clone(),
+                        peer_name: a_if.name.clone(),
+                        controller: Some(bridge.index),
+                        mtu: None,
+                        peer_mac,
+                        alias: Some(format!("lab {} link to {}", lab.plan.name, a_node)),
+                    },
+                    a_ns,
+                )
+                .await?;
+            (conn.clone(), port_link, None)
+        }
+        EndPlan::Node {
+            node: b_node,
+            iface: b_if,
+        } => {
+            let b_conn = conns.node(b_node)?;
+            let b_link = b_conn
+                .create_veth(
+                    &VethSpec {
+                        host_name: b_if.name.clone(),
+                        peer_name: a_if.name.clone(),
+                        controller: None,
+                        mtu: None,
+                        peer_mac: None,
+                        alias: None,
+                    },
+                    a_ns,
+                )
+                .await?;
+            if let Some(addr) = b_if.address {
+                b_conn.add_address(&b_link, addr).await?;
+            }
+            (b_conn.clone(), b_link.clone(), Some(()))
+        }
+    };
+    let _ = b_shaped;
+    let a_link = must_link(a_conn, &a_if.name).await?;
+    a_conn.set_up(a_link.index, &a_link.name).await?;
+    if let Some(addr) = a_if.address {
+        a_conn.add_address(&a_link, addr).await?;
+    }
+    if let Some(rate) = link.rate_bytes {
+        let spec = TbfSpec::for_rate(rate);
+        a_conn.add_tbf(&a_link, &spec).await?;
+        here.add_tbf(&here_link, &spec).await?;
+    }
+    if link.delay_ns.is_some() || link.loss_percent.is_some() {
+        let spec = NetemSpec {
+            delay_ns: link.delay_ns.unwrap_or(0),
+            loss_percent: link.loss_percent.unwrap_or(0.0),
+        };
+        a_conn.add_netem(&a_link, &spec).await?;
+        here.add_netem(&here_link, &spec).await?;
+    }
+    Ok(())
+}
+
+fn enable_forwarding() -> Result<()> {
+    for path in [
+        "/proc/sys/net/ipv4/ip_forward",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        std::fs::write(path, b"1").map_err(|source| LabError::Io {
+            what: format!("turning forwarding on ({path})"),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Creates a persistent TUN or TAP device in the calling thread's namespace (it dies with the
+/// namespace); programs in the node attach to it by name.
+pub fn create_tuntap(name: &str, tap: bool, owner: Option<u32>) -> Result<()> {
+    let builder = if tap {
+        crate::tuntap::TunBuilder::tap()
+    } else {
+        crate::tuntap::TunBuilder::tun()
+    };
+    let builder = builder.name(name);
+    let builder = match owner {
+        Some(uid) => builder.owner(uid),
+        None => builder,
+    };
+    builder
+        .create_persistent()
+        .map(|_| ())
+        .map_err(|e| LabError::Invalid(e.to_string()))
+}

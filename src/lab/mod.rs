@@ -1,0 +1,235 @@
+//! Reproducible network labs: a topology file (nodes, switches, links, addresses, routes,
+//! TUN/TAP and VXLAN devices, rate limits, services, checks) built into network namespaces in
+//! milliseconds, and checked.
+//!
+//! [`Lab`] is the Rust API: built from a file or a [`Topology`] in the calling process's network
+//! context (a test's private host, or the holder of `netbox lab up`, see [`holder`]) and torn
+//! down on drop. Nodes are named namespaces LAB-NODE under /run/netns; switches are bridges in
+//! the lab's fabric namespace LAB--fabric, or inside a node when the file says so.
+
+pub mod build;
+pub mod capture;
+pub mod check;
+pub mod graph;
+pub mod holder;
+pub mod services;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use thiserror::Error;
+
+use crate::netns::{self, NetNs};
+pub use check::CheckResult;
+pub use topology::{Plan, Topology};
+
+#[derive(Debug, Error)]
+pub enum LabError {
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("invalid {what} name {name:?}: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("{what} \"{name}\" is defined twice")]
+    Duplicate { what: &'static str, name: String },
+    #[error("{context}: unknown {what} \"{name}\"")]
+    Unknown {
+        what: &'static str,
+        name: String,
+        context: String,
+    },
+    #[error("address pool {pool} is exhausted")]
+    PoolExhausted { pool: IpNetwork },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+    #[error("lab \"{name}\" is not up")]
+    NotUp { name: String },
+    #[error("lab \"{name}\" is already up (holder pid {pid})")]
+    AlreadyUp { name: String, pid: i32 },
+}
+
+impl From<crate::Error> for LabError {
+    fn from(e: crate::Error) -> Self {
+        match e {
+            crate::Error::Netlink(n) => LabError::Netlink(n),
+            crate::Error::Netns(n) => LabError::Netns(n),
+            other => LabError::Invalid(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = LabError> = std::result::Result<T, E>;
+
+/// How a lab is built.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Write a pcap per link into this directory.
+    pub capture: Option<PathBuf>,
+    /// Called with (done, total) steps while building (a progress display).
+    pub progress: Option<fn(usize, usize)>,
+}
+
+/// A lab that is up. Dropping it stops its services and commands and removes its namespaces
+/// (with them every veth, bridge, VXLAN and TUN device of the lab).
+pub struct Lab {
+    plan: Plan,
+    nodes: BTreeMap<String, NetNs>,
+    fabric: Option<NetNs>,
+    services: services::Services,
+    /// Namespaces this lab created (and only those are removed: never another's).
+    owned: Vec<String>,
+    keep: bool,
+}
+
+impl Lab {
+    /// Reads, validates and builds a lab file.
+    pub fn from_file(path: &Path) -> Result<Lab> {
+        Self::build(&Topology::from_file(path)?, &BuildOptions::default())
+    }
+
+    /// Validates and builds a topology.
+    pub fn build(topo: &Topology, options: &BuildOptions) -> Result<Lab> {
+        let plan = topology::resolve(topo)?;
+        build::build(plan, options)
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn name(&self) -> &str {
+        &self.plan.name
+    }
+
+    /// The namespace of a node.
+    pub fn node(&self, name: &str) -> Result<&NetNs> {
+        self.nodes.get(name).ok_or_else(|| LabError::Unknown {
+            what: "node",
+            name: name.to_string(),
+            context: format!("lab \"{}\"", self.plan.name),
+        })
+    }
+
+    /// The fabric namespace holding the lab's top-level switches.
+    pub fn fabric(&self) -> Option<&NetNs> {
+        self.fabric.as_ref()
+    }
+
+    /// The address `from` should use to reach `to` (see [`topology::target_address`]).
+    pub fn address(&self, from: &str, to: &str) -> Option<IpAddr> {
+        topology::target_address(&self.plan, from, to)
+    }
+
+    /// Runs a command in a node and collects its output.
+    pub fn exec<S: AsRef<OsStr>>(
+        &self,
+        node: &str,
+        program: S,
+        args: &[S],
+    ) -> Result<std::process::Output> {
+        let mut cmd = self.command(node, program)?;
+        cmd.args(args);
+        cmd.output().map_err(|source| LabError::Io {
+            what: format!("running a command in node \"{node}\""),
+            source,
+        })
+    }
+
+    /// Starts a command in a node.
+    pub fn spawn<S: AsRef<OsStr>>(
+        &self,
+        node: &str,
+        program: S,
+        args: &[S],
+    ) -> Result<std::process::Child> {
+        let mut cmd = self.command(node, program)?;
+        cmd.args(args);
+        cmd.spawn().map_err(|source| LabError::Io {
+            what: format!("starting a command in node \"{node}\""),
+            source,
+        })
+    }
+
+    /// A command that will start inside a node.
+    pub fn command<S: AsRef<OsStr>>(
+        &self,
+        node: &str,
+        program: S,
+    ) -> Result<std::process::Command> {
+        command_in(self.node(node)?, program)
+    }
+
+    /// A TCP connection made from inside `from` (the socket stays in that namespace).
+    pub fn connect(&self, from: &str, to: SocketAddr) -> Result<TcpStream> {
+        self.node(from)?
+            .run_in(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))?
+            .map_err(|source| LabError::Io {
+                what: format!("connecting from \"{from}\" to {to}"),
+                source,
+            })
+    }
+
+    /// A TCP listener bound inside `node`.
+    pub fn listen(&self, node: &str, addr: SocketAddr) -> Result<TcpListener> {
+        self.node(node)?
+            .run_in(move || TcpListener::bind(addr))?
+            .map_err(|source| LabError::Io {
+                what: format!("listening on {addr} in \"{node}\""),
+                source,
+            })
+    }
+
+    /// Runs the file's checks.
+    pub fn check(&self) -> Result<Vec<CheckResult>> {
+        check::run_checks(&self.plan, &self.plan.checks, |n| self.node(n))
+    }
+
+    /// Leaves the namespaces in place when dropped (the CLI's `--host` holder hands them over).
+    pub fn keep_on_drop(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.services.stop();
+        if self.keep {
+            return;
+        }
+        // Teardown goes on past failures: every namespace gets its chance.
+        for name in &self.owned {
+            if let Err(e) = netns::delete_named(name) {
+                tracing::warn!(%e, namespace = %name, "removing a lab namespace");
+            }
+        }
+    }
+}
+
+/// A command that starts inside `ns`.
+pub fn command_in<S: AsRef<OsStr>>(ns: &NetNs, program: S) -> Result<std::process::Command> {
+    let mut cmd = std::process::Command::new(program);
+    let fd = ns.try_clone_fd()?;
+    crate::process::enter_namespaces_on_exec(
+        &mut cmd,
+        vec![(fd, nix::sched::CloneFlags::CLONE_NEWNET)],
+    );
+    Ok(cmd)
+}
