@@ -80,24 +80,8 @@ struct RunArgs {
     /// MAC address of the sandbox's interface.
     #[arg(long, value_parser = parse_mac)]
     mac: Option<Mac>,
-    /// Hostname inside the sandbox (its own UTS namespace).
-    #[arg(long)]
-    hostname: Option<String>,
-    /// DNS server for the sandbox's resolv.conf (repeatable; replaces the host's servers).
-    #[arg(long, value_name = "IP")]
-    dns: Vec<IpAddr>,
-    /// Set an environment variable (KEY=VALUE, or KEY to pass netbox's own value).
-    #[arg(short, long = "env", value_name = "KEY[=VALUE]")]
-    env: Vec<String>,
-    /// Working directory of the command.
-    #[arg(short = 'w', long = "cwd", value_name = "DIR")]
-    cwd: Option<PathBuf>,
-    /// Let the command keep a capability netbox drops (NET_ADMIN or SYS_ADMIN).
-    #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
-    cap_add: Vec<Cap>,
-    /// Run the command as USER[:GROUP] (default: the invoking user under sudo, else yourself).
-    #[arg(short, long, value_name = "USER[:GROUP]")]
-    user: Option<String>,
+    #[command(flatten)]
+    cmd: CommandArgs,
     /// Publish a port: HOSTPORT on every host address (or HOSTIP) to the sandbox's PORT
     /// (repeatable; tcp unless /udp).
     #[arg(short = 'p', long = "publish", value_name = "[HOSTIP:]HOSTPORT:PORT[/tcp|udp]",
@@ -116,9 +100,6 @@ struct RunArgs {
     /// The sandbox cannot reach the host's own addresses (replies to the host still pass).
     #[arg(long)]
     block_host: bool,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<OsString>,
     /// Name the sandbox (/run/netns/NAME, `netbox exec NAME`) while it lives.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -129,6 +110,58 @@ struct RunArgs {
     /// Write the sandbox interface's packets to FILE (pcap; tcpdump -r, Wireshark).
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
+}
+
+/// What a command in a sandbox takes, for `run` and `exec` alike.
+#[derive(Args)]
+pub struct CommandArgs {
+    /// Hostname inside the sandbox (its own UTS namespace).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// DNS server for the sandbox's resolv.conf (repeatable; replaces the host's servers).
+    #[arg(long, value_name = "IP")]
+    dns: Vec<IpAddr>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass netbox's own value).
+    #[arg(short, long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Working directory of the command.
+    #[arg(short = 'w', long = "cwd", value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// Let the command keep a capability netbox drops (NET_ADMIN or SYS_ADMIN).
+    #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
+    cap_add: Vec<Cap>,
+    /// Run the command as USER[:GROUP] (default: the invoking user under sudo, else yourself).
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+impl CommandArgs {
+    /// The spec of this command with netbox run's defaults for the rest; on bad input, the
+    /// exit code (the error is printed).
+    pub fn into_spec(self) -> Result<RunSpec, i32> {
+        let mut command = self.command.into_iter();
+        let Some(program) = command.next() else {
+            eprintln!("netbox: no command given");
+            return Err(125);
+        };
+        let user = match self.user.as_deref().map(netbox::process::UserSpec::parse) {
+            Some(Ok(u)) => Some(u),
+            Some(Err(e)) => return Err(fail(&netbox::Error::from(e))),
+            None => None,
+        };
+        Ok(RunSpec {
+            hostname: self.hostname,
+            dns: self.dns,
+            env: env_pairs(&self.env),
+            cwd: self.cwd,
+            keep_caps: self.cap_add.into_iter().map(|c| c.0).collect(),
+            user,
+            ..RunSpec::command(program, command.collect())
+        })
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -203,15 +236,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> i32 {
-    let mut command = args.command.into_iter();
-    let Some(program) = command.next() else {
-        eprintln!("netbox: no command given");
-        return 125;
-    };
-    let user = match args.user.as_deref().map(netbox::process::UserSpec::parse) {
-        Some(Ok(u)) => Some(u),
-        Some(Err(e)) => return fail(&netbox::Error::from(e)),
-        None => None,
+    let base = match args.cmd.into_spec() {
+        Ok(spec) => spec,
+        Err(code) => return code,
     };
     let spec = RunSpec {
         net: match args.net {
@@ -225,14 +252,6 @@ fn run(args: RunArgs) -> i32 {
         ifname: args.ifname,
         mtu: args.mtu,
         mac: args.mac.map(|m| m.0),
-        hostname: args.hostname,
-        dns: args.dns,
-        program,
-        args: command.collect(),
-        env: env_pairs(&args.env),
-        cwd: args.cwd,
-        keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
-        user,
         name: args.name,
         tuns: args.tuns,
         publish: args.publish,
@@ -244,6 +263,7 @@ fn run(args: RunArgs) -> i32 {
         isolate: args.isolate,
         block_host: args.block_host,
         capture: args.capture,
+        ..base
     };
     match sandbox::run(spec) {
         Ok(code) => code,

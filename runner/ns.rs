@@ -1,9 +1,5 @@
 //! `netbox ns`, `exec`, `ls`, `gc` and `network`: named sandboxes and their lifecycle.
 
-use std::ffi::OsString;
-use std::net::IpAddr;
-use std::path::PathBuf;
-
 use clap::{Args, Subcommand};
 use ipnetwork::IpNetwork;
 
@@ -12,7 +8,7 @@ use netbox::named::{self, AddSpec};
 use netbox::network;
 use netbox::sandbox::{NetMode, RunSpec};
 
-use super::{env_pairs, fail, parse_cap, parse_ip, parse_mac, Cap, Mac};
+use super::{fail, parse_ip, parse_mac, CommandArgs, Mac};
 
 #[derive(Subcommand)]
 pub enum NsCommand {
@@ -51,27 +47,8 @@ pub struct NsAddArgs {
 pub struct ExecArgs {
     /// The sandbox (any name under /run/netns).
     name: String,
-    /// Hostname inside (its own UTS namespace).
-    #[arg(long)]
-    hostname: Option<String>,
-    /// DNS server for the private resolv.conf (repeatable).
-    #[arg(long, value_name = "IP")]
-    dns: Vec<IpAddr>,
-    /// Set an environment variable (KEY=VALUE, or KEY to pass netbox's own value).
-    #[arg(short, long = "env", value_name = "KEY[=VALUE]")]
-    env: Vec<String>,
-    /// Working directory of the command.
-    #[arg(short = 'w', long = "cwd", value_name = "DIR")]
-    cwd: Option<PathBuf>,
-    /// Let the command keep a capability netbox drops (NET_ADMIN or SYS_ADMIN).
-    #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
-    cap_add: Vec<Cap>,
-    /// Run the command as USER[:GROUP].
-    #[arg(short, long, value_name = "USER[:GROUP]")]
-    user: Option<String>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<OsString>,
+    #[command(flatten)]
+    cmd: CommandArgs,
 }
 
 #[derive(Args)]
@@ -135,26 +112,13 @@ pub fn ns(cmd: NsCommand) -> i32 {
 }
 
 pub fn exec(args: ExecArgs) -> i32 {
-    let mut command = args.command.into_iter();
-    let Some(program) = command.next() else {
-        eprintln!("netbox: no command given");
-        return 125;
-    };
-    let user = match args.user.as_deref().map(netbox::process::UserSpec::parse) {
-        Some(Ok(u)) => Some(u),
-        Some(Err(e)) => return fail(&netbox::Error::from(e)),
-        None => None,
-    };
-    let spec = RunSpec {
-        net: NetMode::None,
-        ifname: String::new(),
-        hostname: args.hostname,
-        dns: args.dns,
-        env: env_pairs(&args.env),
-        cwd: args.cwd,
-        keep_caps: args.cap_add.into_iter().map(|c| c.0).collect(),
-        user,
-        ..RunSpec::command(program, command.collect())
+    let spec = match args.cmd.into_spec() {
+        Ok(spec) => RunSpec {
+            net: NetMode::None,
+            ifname: String::new(),
+            ..spec
+        },
+        Err(code) => return code,
     };
     match named::exec(&args.name, &spec) {
         Ok(code) => code,
