@@ -264,24 +264,7 @@ pub fn named_path(name: &str) -> PathBuf {
 /// mount point (so namespaces created later appear in every mount namespace), an empty file is
 /// created and the new namespace is bind-mounted onto it. Fails if the name is taken.
 pub fn create_named(name: &str) -> Result<NetNs> {
-    validate_name(name)?;
-    prepare_run_dir()?;
-    let path = named_path(name);
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(&path)
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::AlreadyExists => NetnsError::Exists {
-                name: name.to_string(),
-            },
-            _ => NetnsError::Io {
-                what: "creating namespace mount point",
-                path: path.clone(),
-                source,
-            },
-        })?;
+    let path = claim_name(name)?;
     let target = path.clone();
     let bound = on_fresh_thread(move || {
         unshare(CloneFlags::CLONE_NEWNET).map_err(NetnsError::Create)?;
@@ -305,9 +288,9 @@ pub fn create_named(name: &str) -> Result<NetNs> {
     NetNs::open(&path)
 }
 
-/// Gives an existing namespace a name under /run/netns (as `ip netns attach NAME PID` does):
-/// fails if the name is taken.
-pub fn bind_named(name: &str, ns: &NetNs) -> Result<()> {
+/// Reserves `name`: validates it and creates its empty mount point under /run/netns (the
+/// shared mount point `ip netns` uses); fails if the name is taken.
+fn claim_name(name: &str) -> Result<PathBuf> {
     validate_name(name)?;
     prepare_run_dir()?;
     let path = named_path(name);
@@ -326,6 +309,13 @@ pub fn bind_named(name: &str, ns: &NetNs) -> Result<()> {
                 source,
             },
         })?;
+    Ok(path)
+}
+
+/// Gives an existing namespace a name under /run/netns (as `ip netns attach NAME PID` does):
+/// fails if the name is taken.
+pub fn bind_named(name: &str, ns: &NetNs) -> Result<()> {
+    let path = claim_name(name)?;
     let source = format!("/proc/self/fd/{}", ns.fd.as_raw_fd());
     if let Err(source) = mount(
         Some(source.as_str()),

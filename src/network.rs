@@ -146,31 +146,8 @@ pub fn resolve(name: &str, dirs: &[PathBuf], subnet: Option<IpNetwork>) -> Resul
             "--subnet only applies to the built-in network \"{DEFAULT_NETWORK}\"; network \"{name}\" takes its subnet from its configuration"
         )));
     }
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("conflist" | "conf" | "json")
-                )
-            })
-            .collect();
-        files.sort();
-        for file in files {
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            let Ok(conf) = serde_json::from_str::<Value>(&text) else {
-                continue;
-            };
-            if conf.get("name").and_then(Value::as_str) == Some(name) {
-                return from_conflist(&conf, &file);
-            }
-        }
+    if let Some((conf, file)) = conflists(dirs).find(|(conf, _)| conf_name(conf) == Some(name)) {
+        return from_conflist(&conf, &file);
     }
     Err(Error::Config(format!(
         "unknown network \"{name}\": it is not the built-in \"{DEFAULT_NETWORK}\" and no conflist in {} names it",
@@ -199,11 +176,29 @@ pub fn list(dirs: &[PathBuf]) -> Vec<KnownNetwork> {
         source: None,
         spec: NetworkSpec::builtin(None),
     }];
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+    for (conf, file) in conflists(dirs) {
+        let Some(name) = conf_name(&conf) else {
             continue;
         };
-        let mut files: Vec<PathBuf> = entries
+        if out.iter().any(|k| k.name == name) {
+            continue;
+        }
+        out.push(KnownNetwork {
+            name: name.into(),
+            spec: from_conflist(&conf, &file),
+            source: Some(file),
+        });
+    }
+    out
+}
+
+/// Every readable JSON configuration in `dirs` (`*.conflist`, `*.conf`, `*.json`), directory by
+/// directory, files in name order, as libcni reads them.
+fn conflists(dirs: &[PathBuf]) -> impl Iterator<Item = (Value, PathBuf)> + '_ {
+    dirs.iter().flat_map(|dir| {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 matches!(
@@ -213,27 +208,16 @@ pub fn list(dirs: &[PathBuf]) -> Vec<KnownNetwork> {
             })
             .collect();
         files.sort();
-        for file in files {
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            let Ok(conf) = serde_json::from_str::<Value>(&text) else {
-                continue;
-            };
-            let Some(name) = conf.get("name").and_then(Value::as_str) else {
-                continue;
-            };
-            if out.iter().any(|k| k.name == name) {
-                continue;
-            }
-            out.push(KnownNetwork {
-                name: name.into(),
-                spec: from_conflist(&conf, &file),
-                source: Some(file),
-            });
-        }
-    }
-    out
+        files.into_iter().filter_map(|file| {
+            let text = std::fs::read_to_string(&file).ok()?;
+            let conf = serde_json::from_str::<Value>(&text).ok()?;
+            Some((conf, file))
+        })
+    })
+}
+
+fn conf_name(conf: &Value) -> Option<&str> {
+    conf.get("name").and_then(Value::as_str)
 }
 
 /// Reads the bridge plugin of a conflist (or a single-plugin conf).
