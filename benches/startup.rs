@@ -17,7 +17,10 @@ fn main() {
         return;
     }
     private_host();
-    let netbox = env!("CARGO_BIN_EXE_netbox");
+    // NETBOX_BENCH_BIN compares another build (an older commit, a static link).
+    let netbox =
+        std::env::var("NETBOX_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_netbox").into());
+    let netbox = netbox.as_str();
     let netbox_cmd = [netbox, "run", "--", "true"];
     let unshare_cmd = ["unshare", "-n", "true"];
     // Warm up: the first run creates the bridge, later runs reuse it as in real use.
