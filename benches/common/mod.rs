@@ -76,6 +76,7 @@ pub fn time_command(cmd: &[&str]) -> Duration {
     let status = Command::new(cmd[0])
         .args(&cmd[1..])
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .status()
         .unwrap_or_else(|e| panic!("{}: {e}", cmd.join(" ")));
     let took = start.elapsed();
