@@ -160,7 +160,32 @@ fn run_inside(test_path: &str) -> Output {
             Ok(())
         });
     }
-    cmd.output().expect("re-run the test in a private host")
+    // Its own process group: when the test ends, even by a panic, whatever it left running (a
+    // `netbox run` server, say) is killed, rather than holding the output pipes open forever.
+    cmd.process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("re-run the test in a private host");
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = child.wait().expect("wait for the private host");
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
 }
 
 fn write_file(path: &str, data: &[u8]) -> std::io::Result<()> {
