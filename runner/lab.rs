@@ -75,7 +75,7 @@ pub fn run(args: LabArgs) -> i32 {
     match dispatch(args.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("netbox lab: {}", holder::error_chain(&e));
+            eprintln!("netbox lab: {}", netbox::error::chain(&e));
             125
         }
     }

@@ -298,17 +298,7 @@ fn run(args: RunArgs) -> i32 {
 
 /// Prints the error chain on one line and picks the exit code.
 fn fail(e: &netbox::Error) -> i32 {
-    let mut line = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    eprintln!("netbox: {line}");
+    eprintln!("netbox: {}", netbox::error::chain(e));
     e.exit_code()
 }
 

@@ -393,7 +393,7 @@ pub fn hold(file: &Path, capture: Option<PathBuf>) -> i32 {
         Ok(lab) => lab,
         Err(e) => {
             report(&HolderReport::Failed {
-                error: error_chain(&e),
+                error: crate::error::chain(&e),
             });
             return 1;
         }
@@ -408,21 +408,6 @@ pub fn hold(file: &Path, capture: Option<PathBuf>) -> i32 {
     let _ = set.wait();
     drop(lab);
     0
-}
-
-/// The error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    line
 }
 
 /// Stops a lab: signals its holder, waits for it to go, removes leftovers and the state file.

@@ -217,28 +217,32 @@ impl Netlink {
 
     /// All links of the namespace.
     pub async fn links(&self) -> Result<Vec<Link>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| request_error("listing links".into(), e))?;
-        Ok(msgs.iter().map(link_from_message).collect())
+        Ok(self
+            .link_messages()
+            .await?
+            .iter()
+            .map(link_from_message)
+            .collect())
     }
 
     /// The TUN/TAP devices of the namespace, with their flags, owner and group.
     pub async fn tun_links(&self) -> Result<Vec<TunLink>> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
+        Ok(self
+            .link_messages()
+            .await?
+            .iter()
+            .filter_map(tun_from_message)
+            .collect())
+    }
+
+    async fn link_messages(&self) -> Result<Vec<LinkMessage>> {
+        self.handle
             .link()
             .get()
             .execute()
             .try_collect()
             .await
-            .map_err(|e| request_error("listing links".into(), e))?;
-        Ok(msgs.iter().filter_map(tun_from_message).collect())
+            .map_err(|e| request_error("listing links".into(), e))
     }
 
     /// Creates the bridge, or reuses it when it exists (as a bridge); sets the MTU and brings it
