@@ -14,6 +14,9 @@
 //! limit for the whole host (gc_thresh3 = 1024): the switch is `static_arp` (fixed MACs,
 //! permanent neighbour entries), and the shell script does the same with `neigh replace`.
 //!
+//! A second reference row is the script with its own checks, as one writes them in shell: an
+//! `nsenter --net=... busybox nc` per pair (three rounds: they take seconds).
+//!
 //! Runs as root inside a private network + mount namespace. `cargo bench --bench lab [-- N]`.
 
 mod common;
@@ -128,8 +131,34 @@ fn stop_listeners(l: Vec<(i32, std::thread::JoinHandle<()>)>) {
     }
 }
 
-/// One shell-built round: (build, check, teardown).
-fn shell_round(plan: &topology::Plan, checks: &[CheckPlan]) -> (Duration, Duration, Duration) {
+/// The checks as a shell script would make them: one `nsenter` + `busybox nc` per pair.
+fn shell_checks() -> Duration {
+    let mut script = String::from("fail=0\n");
+    for i in 1..=NODES {
+        for j in i + 1..=NODES {
+            script.push_str(&format!(
+                "nsenter --net=/run/netns/s{i} busybox nc -w 2 {} {PORT} </dev/null >/dev/null || fail=1\n",
+                addr(j)
+            ));
+        }
+    }
+    script.push_str("exit $fail\n");
+    let t = Instant::now();
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .expect("sh");
+    assert!(status.success(), "shell checks failed");
+    t.elapsed()
+}
+
+/// One shell-built round: (build, check, teardown), and with `shell_checked` also the checks
+/// made the shell way (timed apart).
+fn shell_round(
+    plan: &topology::Plan,
+    checks: &[CheckPlan],
+    shell_checked: Option<&mut Vec<Duration>>,
+) -> (Duration, Duration, Duration) {
     let t0 = Instant::now();
     // As netbox does: the switch lives in its own namespace, so the kernel's lazy removal of
     // the last round's ports never clashes with this round's names.
@@ -180,6 +209,9 @@ fn shell_round(plan: &topology::Plan, checks: &[CheckPlan]) -> (Duration, Durati
     let failed: Vec<_> = results.iter().filter(|r| !r.passed).take(5).collect();
     assert!(failed.is_empty(), "shell star: checks failed: {failed:?}");
     let checked = t1.elapsed();
+    if let Some(times) = shell_checked {
+        times.push(shell_checks());
+    }
     let t2 = Instant::now();
     stop_listeners(listeners);
     drop(nodes);
@@ -234,14 +266,17 @@ fn main() {
     std::fs::write(&file, &text).expect("write star");
     // Warm up both.
     netbox_round(&topo);
-    shell_round(&plan, &checks);
+    shell_round(&plan, &checks, None);
     let (mut nb, mut sh, mut cli) = (vec![], vec![], vec![]);
+    // A script checks with a process per pair: seconds a round, so only a few rounds.
+    let mut sh_checks = vec![];
     let (mut nb_parts, mut sh_parts) = (vec![], vec![]);
     for _ in 0..n {
         let r = netbox_round(&topo);
         nb.push(r.0 + r.1 + r.2);
         nb_parts.push(r);
-        let r = shell_round(&plan, &checks);
+        let shell_checked = (sh_checks.len() < 3).then_some(&mut sh_checks);
+        let r = shell_round(&plan, &checks, shell_checked);
         sh.push(r.0 + r.1 + r.2);
         sh_parts.push(r);
         cli.push(cli_round(&file));
@@ -283,6 +318,23 @@ fn main() {
         "{:<34} {:>39.1}ms",
         "netbox lab test (CLI, end to end)",
         ms(median(&mut cli))
+    );
+    let script_total = part(&sh_parts, 0) + median(&mut sh_checks) + part(&sh_parts, 2);
+    println!(
+        "{:<34} {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms",
+        "ip -batch script, shell checks",
+        ms(part(&sh_parts, 0)),
+        ms(median(&mut sh_checks)),
+        ms(part(&sh_parts, 2)),
+        ms(script_total)
+    );
+    println!(
+        "  (shell checks: nsenter + busybox nc per pair, {} rounds)",
+        sh_checks.len()
+    );
+    println!(
+        "ratio netbox/script with shell checks (total): {:.3}",
+        nb_med.as_secs_f64() / script_total.as_secs_f64()
     );
     println!(
         "ratio netbox/ip-batch (total): {:.2} (target <= 0.3); build+down only: {:.2}",
