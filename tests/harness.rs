@@ -270,3 +270,21 @@ pub fn netbox() -> Command {
 pub fn exists(path: &str) -> bool {
     Path::new(path).exists()
 }
+
+/// Builds the example `name` (cargo test does not build examples it does not link) and returns
+/// its path: target/debug/deps/integration-HASH -> target/debug/examples/NAME.
+pub fn example(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--example", name, "--manifest-path"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+        .status()
+        .expect("cargo build --example");
+    assert!(status.success(), "building example {name}");
+    let exe = std::env::current_exe().expect("test binary");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("examples")
+        .join(name)
+}

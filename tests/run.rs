@@ -7,7 +7,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::harness::{eventually, ip_json, link_names, netbox, netbox_bin, private_host, sh};
+use crate::harness::{
+    eventually, example, ip_json, link_names, netbox, netbox_bin, private_host, sh,
+};
 
 /// Environment variable that turns `run::role_helper` into a small network program run as CMD
 /// inside sandboxes (no netcat on a fresh machine).
@@ -728,4 +730,29 @@ fn command_run_as_another_user_still_dies_with_netbox() {
     wait_line(&mut out, "ready");
     // Changing credentials clears PDEATHSIG; netbox arms it again after the switch.
     sigkill_and_see_cmd_die(&mut child);
+}
+
+#[test]
+fn sandbox_example_runs_its_command_on_the_builtin_network() {
+    if !private_host("run::sandbox_example_runs_its_command_on_the_builtin_network") {
+        return;
+    }
+    let bin = example("sandbox");
+    let out = Command::new(&bin)
+        .args([
+            "sh",
+            "-c",
+            "ip -j addr show eth0; cat /proc/sys/kernel/hostname",
+        ])
+        .output()
+        .expect("run the example");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"10.117.0."), "{text}");
+    assert!(text.trim_end().ends_with("example"), "{text}");
+    let code = Command::new(&bin)
+        .args(["sh", "-c", "exit 7"])
+        .status()
+        .expect("run the example");
+    assert_eq!(code.code(), Some(7));
 }

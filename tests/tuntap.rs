@@ -4,12 +4,11 @@
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use netbox::tuntap::{packet, vnet, Offloads, Queue, TunBuilder, VnetHeader};
 
-use crate::harness::{ip_json, link_names, netbox, private_host, sh};
+use crate::harness::{example, ip_json, link_names, netbox, private_host, sh};
 
 /// Reads packets until `want` accepts one (the kernel also sends IPv6 noise); bounded wait.
 fn recv_matching(queue: &Queue, want: impl Fn(&[u8]) -> bool) -> Vec<u8> {
@@ -519,24 +518,6 @@ fn run_tun_cmd_attaches_as_its_user_on_a_bridge_network() {
         String::from_utf8_lossy(&e.stderr).contains("longer than 15 bytes"),
         "{e:?}"
     );
-}
-
-/// The path of an example binary, built (quickly when fresh) by cargo.
-fn example(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "--example", name, "--manifest-path"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-        .status()
-        .expect("cargo build --example");
-    assert!(status.success(), "building example {name}");
-    // target/debug/deps/integration-HASH -> target/debug/examples/NAME
-    let exe = std::env::current_exe().expect("test binary");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .join("examples")
-        .join(name)
 }
 
 /// An ICMP echo request through a raw socket; returns the echo reply's IP packet.
