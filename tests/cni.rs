@@ -13,7 +13,9 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use crate::harness::{cni_bin, eventually, ip_json, link_names, private_host, sh, skip};
+use crate::harness::{
+    cni_bin, eventually, files_under, ip_json, link_names, private_host, sh, skip,
+};
 use netbox::cni::conf::{Env, NetConf};
 use netbox::netns::{self, NetNs};
 
@@ -106,22 +108,6 @@ fn leases() -> BTreeSet<String> {
         .into_iter()
         .filter(|f| f.contains("/leases/"))
         .collect()
-}
-
-fn files_under(dir: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(files_under(&path));
-        } else {
-            out.insert(path.display().to_string());
-        }
-    }
-    out
 }
 
 /// Polls `cond` for up to 5 s; whether it came true.

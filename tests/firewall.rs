@@ -538,14 +538,9 @@ fn run_masquerades_when_asked_and_not_by_default() {
     assert!(netbox_tables().is_empty());
 }
 
-#[test]
-fn rules_of_a_killed_run_are_reclaimed_by_the_next_run() {
-    if !private_host("firewall::rules_of_a_killed_run_are_reclaimed_by_the_next_run") {
-        return;
-    }
-    foreign_rules();
-    let before = ruleset();
-    let mut child = run_sh(&["-p", "8080:80", "--isolate"], "echo ready; sleep 60")
+/// Starts `netbox run ARGS` and SIGKILLs netbox once CMD runs: its rules stay behind.
+fn kill_run_once_ready(args: &[&str]) {
+    let mut child = run_sh(args, "echo ready; sleep 60")
         .stdout(Stdio::piped())
         .spawn()
         .expect("start netbox");
@@ -559,6 +554,16 @@ fn rules_of_a_killed_run_are_reclaimed_by_the_next_run() {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill");
     child.wait().expect("wait");
+}
+
+#[test]
+fn rules_of_a_killed_run_are_reclaimed_by_the_next_run() {
+    if !private_host("firewall::rules_of_a_killed_run_are_reclaimed_by_the_next_run") {
+        return;
+    }
+    foreign_rules();
+    let before = ruleset();
+    kill_run_once_ready(&["-p", "8080:80", "--isolate"]);
     assert_eq!(netbox_tables().len(), 2, "{:?}", netbox_tables());
     let owners = netbox::firewall::owners().expect("owners");
     assert_eq!(owners.len(), 1);
@@ -653,20 +658,7 @@ fn netbox_gc_removes_rules_of_gone_owners_and_ls_lists_them() {
     foreign_rules();
     let before = ruleset();
     // A run killed while CMD runs: its rules stay (no later run makes rules here).
-    let mut child = run_sh(&["-p", "8080:80"], "echo ready; sleep 60")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start netbox");
-    let mut ready = [0u8; 6];
-    child
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_exact(&mut ready)
-        .expect("ready");
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill");
-    child.wait().expect("wait");
+    kill_run_once_ready(&["-p", "8080:80"]);
     // A CNI attachment whose namespace the runtime lost without a DEL, and a live one.
     let config = conf(
         "gcnet",

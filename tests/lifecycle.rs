@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{cni_bin, eventually, ip_json, netbox, private_host, sh};
+use crate::harness::{cni_bin, eventually, files_under, ip_json, netbox, private_host, sh};
 
 const LEASES: &str = "/var/lib/netbox/ipam";
 const RECORDS: &str = "/run/netbox";
@@ -104,22 +104,6 @@ fn netns_names() -> BTreeSet<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-fn files_under(dir: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(files_under(&path));
-        } else {
-            out.insert(path.display().to_string());
-        }
-    }
-    out
 }
 
 fn lease_files() -> BTreeSet<String> {
