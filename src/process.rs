@@ -184,6 +184,10 @@ pub struct SandboxSpec {
     /// Capabilities CMD keeps although netbox drops them by default.
     pub keep_caps: Vec<Capability>,
     pub user: Option<UserSpec>,
+    /// CMD may open /dev/net/tun to attach to the TUN devices it owns (`--tun`): the sandbox
+    /// gets its own device node, usable by anyone, in its mount namespace. Creating devices
+    /// still takes CAP_NET_ADMIN, which CMD does not have.
+    pub tun_access: bool,
 }
 
 /// Capabilities CMD loses by default: with them it could re-address its interface or leave its
@@ -243,7 +247,7 @@ pub struct Sandboxed {
 }
 
 /// Why the child stopped before exec: the stage it reports on its error pipe.
-const STAGES: [&str; 13] = [
+const STAGES: [&str; 14] = [
     "arming PDEATHSIG",
     "joining the network namespace",
     "creating user and network namespaces",
@@ -257,12 +261,14 @@ const STAGES: [&str; 13] = [
     "executing the command",
     "creating the network namespace",
     "waiting for the start",
+    "making the sandbox's /dev/net/tun",
 ];
 const STAGE_FILES: u8 = 6;
 const STAGE_CWD: u8 = 9;
 const STAGE_EXEC: u8 = 10;
 const STAGE_NEW_NET: u8 = 11;
 const STAGE_START: u8 = 12;
+const STAGE_TUN: u8 = 13;
 
 /// Content of the sandbox's private copies of the host's files, sent at start, when its
 /// addresses are known.
@@ -299,6 +305,7 @@ struct Prepared {
     hostname: Option<Vec<u8>>,
     user: Option<UserSpec>,
     keep_caps: Vec<Capability>,
+    tun_access: bool,
     /// Stage failures go here (the parent reads it after the start).
     report: RawFd,
     /// The child's end of the control socket: network handles out, start message in.
@@ -394,6 +401,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Pending> {
         hostname: spec.hostname.as_ref().map(|h| h.as_bytes().to_vec()),
         user: spec.user.clone(),
         keep_caps: spec.keep_caps.clone(),
+        tun_access: spec.tun_access,
         report: report_tx.as_raw_fd(),
         chan: chan_child.as_raw_fd(),
     };
@@ -811,11 +819,45 @@ fn child_setup(p: &Prepared) -> io::Result<[RawFd; 2]> {
         }
         let files =
             mount_private_files(&p.scratch, &p.targets).map_err(|e| fail(STAGE_FILES, e))?;
+        if p.tun_access {
+            private_tun_node().map_err(|e| fail(STAGE_TUN, e))?;
+        }
         if !matches!(p.net, ChildNet::Rootless { .. }) {
             drop_privileges(p).map_err(|e| fail(8, e))?;
         }
         Ok(files)
     }
+}
+
+/// Gives the sandbox a /dev/net/tun of its own that anyone may open (a tmpfs over /dev/net in
+/// its mount namespace): hosts ship the clone device as 0666 or 0600, and with 0600 a CMD that
+/// is not root could not attach to the TUN devices made for it. Attaching needs ownership of
+/// the device, creating one CAP_NET_ADMIN: neither changes.
+fn private_tun_node() -> io::Result<()> {
+    // SAFETY: plain syscalls on static C strings.
+    unsafe {
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            c"/dev/net".as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            c"mode=0755".as_ptr().cast(),
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // The TUN/TAP clone device: character device 10:200.
+        if libc::mknod(
+            c"/dev/net/tun".as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(10, 200),
+        ) < 0
+            || libc::chmod(c"/dev/net/tun".as_ptr(), 0o666) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Switches user and drops the capabilities CMD must not have, keeping `keep_caps`.

@@ -400,14 +400,6 @@ async fn create_tuns(spec: &RunSpec, sandbox: &Netlink, ns: &NetNs) -> Result<()
             nix::unistd::getegid().as_raw(),
         ),
     };
-    if !spec.tuns.is_empty() && !clone_device_usable_by(uid, gid) {
-        eprintln!(
-            "netbox: warning: CMD runs as uid {uid}, who cannot open {}: it will not be able to \
-             attach to its TUN device (make it mode 0666, as most distributions ship it, or run \
-             CMD as root)",
-            crate::tuntap::ioctl::CLONE_DEVICE
-        );
-    }
     for request in &spec.tuns {
         let builder = TunBuilder::tun().name(&request.name).owner(uid).group(gid);
         let name = ns.run_in(move || builder.create_persistent())??;
@@ -433,20 +425,6 @@ fn start_and_wait(child: process::Pending, files: &PrivateFiles) -> Result<i32> 
     Ok(child.start(files)?.wait()?)
 }
 
-/// Whether a user may open /dev/net/tun read-write (by its mode: CMD keeps no DAC override
-/// unless it is root).
-fn clone_device_usable_by(uid: u32, gid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(crate::tuntap::ioctl::CLONE_DEVICE) else {
-        return false;
-    };
-    let mode = meta.mode();
-    uid == 0
-        || mode & 0o006 == 0o006
-        || (meta.gid() == gid && mode & 0o060 == 0o060)
-        || (meta.uid() == uid && mode & 0o600 == 0o600)
-}
-
 fn sandbox_spec(spec: &RunSpec, net: NetSetup) -> SandboxSpec {
     SandboxSpec {
         program: spec.program.clone(),
@@ -458,6 +436,7 @@ fn sandbox_spec(spec: &RunSpec, net: NetSetup) -> SandboxSpec {
         cwd: spec.cwd.clone(),
         keep_caps: spec.keep_caps.clone(),
         user: spec.user.clone().or_else(UserSpec::from_sudo_env),
+        tun_access: !spec.tuns.is_empty(),
     }
 }
 
