@@ -73,28 +73,11 @@ enum Net {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Bridge network: the built-in "netbox", or the name of a CNI conflist in
-    /// NETBOX_CNI_CONF_DIR (default /etc/cni/net.d).
-    #[arg(long, default_value = netbox::network::DEFAULT_NETWORK, value_name = "NAME")]
-    network: String,
+    #[command(flatten)]
+    link: LinkArgs,
     /// Networking mode.
     #[arg(long, value_enum, default_value = "bridge")]
     net: Net,
-    /// Subnet of the built-in network (default 10.117.0.0/24).
-    #[arg(long, env = "NETBOX_SUBNET", value_name = "CIDR")]
-    subnet: Option<IpNetwork>,
-    /// Address to request (repeat for dual stack); the prefix defaults to the subnet's.
-    #[arg(long = "ip", value_name = "ADDR[/LEN]", value_parser = parse_ip)]
-    ips: Vec<IpNetwork>,
-    /// Interface name inside the sandbox.
-    #[arg(long, default_value = "eth0", value_name = "NAME")]
-    ifname: String,
-    /// MTU of the sandbox's interface.
-    #[arg(long)]
-    mtu: Option<u32>,
-    /// MAC address of the sandbox's interface.
-    #[arg(long, value_parser = parse_mac)]
-    mac: Option<Mac>,
     #[command(flatten)]
     cmd: CommandArgs,
     /// Publish a port: HOSTPORT on every host address (or HOSTIP) to the sandbox's PORT
@@ -125,6 +108,30 @@ struct RunArgs {
     /// Write the sandbox interface's packets to FILE (pcap; tcpdump -r, Wireshark).
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
+}
+
+/// How a sandbox is attached to its network, for `run` and `ns add` alike.
+#[derive(Args)]
+pub struct LinkArgs {
+    /// Bridge network: the built-in "netbox", or the name of a CNI conflist in
+    /// NETBOX_CNI_CONF_DIR (default /etc/cni/net.d).
+    #[arg(long, default_value = netbox::network::DEFAULT_NETWORK, value_name = "NAME")]
+    network: String,
+    /// Subnet of the built-in network (default 10.117.0.0/24).
+    #[arg(long, env = "NETBOX_SUBNET", value_name = "CIDR")]
+    subnet: Option<IpNetwork>,
+    /// Address to request (repeat for dual stack); the prefix defaults to the subnet's.
+    #[arg(long = "ip", value_name = "ADDR[/LEN]", value_parser = parse_ip)]
+    ips: Vec<IpNetwork>,
+    /// Interface name inside the sandbox.
+    #[arg(long, default_value = "eth0", value_name = "NAME")]
+    ifname: String,
+    /// MTU of the sandbox's interface.
+    #[arg(long)]
+    mtu: Option<u32>,
+    /// MAC address of the sandbox's interface.
+    #[arg(long, value_parser = parse_mac)]
+    mac: Option<Mac>,
 }
 
 /// What a command in a sandbox takes, for `run` and `exec` alike.
@@ -268,15 +275,15 @@ fn run(args: RunArgs) -> i32 {
     let spec = RunSpec {
         net: match args.net {
             Net::Bridge => NetMode::Bridge {
-                network: args.network,
-                subnet: args.subnet,
+                network: args.link.network,
+                subnet: args.link.subnet,
             },
             Net::None => NetMode::None,
         },
-        ips: args.ips,
-        ifname: args.ifname,
-        mtu: args.mtu,
-        mac: args.mac.map(|m| m.0),
+        ips: args.link.ips,
+        ifname: args.link.ifname,
+        mtu: args.link.mtu,
+        mac: args.link.mac.map(|m| m.0),
         name: args.name,
         tuns: args.tuns,
         publish: args.publish,

@@ -1,14 +1,13 @@
 //! `netbox ns`, `exec`, `ls`, `gc` and `network`: named sandboxes and their lifecycle.
 
 use clap::{Args, Subcommand};
-use ipnetwork::IpNetwork;
 
 use netbox::gc;
 use netbox::named::{self, AddSpec};
 use netbox::network;
 use netbox::sandbox::{NetMode, RunSpec};
 
-use super::{fail, parse_ip, parse_mac, CommandArgs, Mac};
+use super::{fail, CommandArgs, LinkArgs};
 
 #[derive(Subcommand)]
 pub enum NsCommand {
@@ -25,22 +24,8 @@ pub enum NsCommand {
 pub struct NsAddArgs {
     /// Name of the sandbox (also its name for `ip netns`).
     name: String,
-    /// Bridge network: the built-in "netbox", or a CNI conflist's name.
-    #[arg(long, default_value = network::DEFAULT_NETWORK, value_name = "NAME")]
-    network: String,
-    /// Subnet of the built-in network (default 10.117.0.0/24).
-    #[arg(long, env = "NETBOX_SUBNET", value_name = "CIDR")]
-    subnet: Option<IpNetwork>,
-    /// Address to request (repeat for dual stack).
-    #[arg(long = "ip", value_name = "ADDR[/LEN]", value_parser = parse_ip)]
-    ips: Vec<IpNetwork>,
-    /// Interface name inside the sandbox.
-    #[arg(long, default_value = "eth0", value_name = "NAME")]
-    ifname: String,
-    #[arg(long)]
-    mtu: Option<u32>,
-    #[arg(long, value_parser = parse_mac)]
-    mac: Option<Mac>,
+    #[command(flatten)]
+    link: LinkArgs,
 }
 
 #[derive(Args)]
@@ -84,12 +69,12 @@ pub fn ns(cmd: NsCommand) -> i32 {
         NsCommand::Add(a) => {
             let spec = AddSpec {
                 name: a.name,
-                network: a.network,
-                subnet: a.subnet,
-                ips: a.ips,
-                ifname: a.ifname,
-                mtu: a.mtu,
-                mac: a.mac.map(|m| m.0),
+                network: a.link.network,
+                subnet: a.link.subnet,
+                ips: a.link.ips,
+                ifname: a.link.ifname,
+                mtu: a.link.mtu,
+                mac: a.link.mac.map(|m| m.0),
             };
             match named::add(&spec) {
                 Ok(record) => {
