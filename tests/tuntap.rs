@@ -280,18 +280,24 @@ fn ioctl_nonblocking(q: &Queue) {
     .expect("setfl");
 }
 
+/// A TUN with a virtio-net header and UDP segmentation offloads, addressed and up.
+fn uso_tun(name: &str, addr: &str) -> netbox::tuntap::Tun {
+    let tun = TunBuilder::tun()
+        .name(name)
+        .offloads(Offloads::CSUM | Offloads::USO4 | Offloads::USO6)
+        .open()
+        .expect("open with offloads");
+    address(name, addr);
+    tun
+}
+
 #[test]
 fn vnet_hdr_with_uso_delivers_superpackets() {
     if !private_host("tuntap::vnet_hdr_with_uso_delivers_superpackets") {
         return;
     }
-    let tun = TunBuilder::tun()
-        .name("gso0")
-        .offloads(Offloads::CSUM | Offloads::USO4 | Offloads::USO6)
-        .open()
-        .expect("open with offloads");
+    let tun = uso_tun("gso0", "10.5.0.1/24");
     assert_eq!(linkinfo("gso0")["info_data"]["vnet_hdr"], true);
-    address("gso0", "10.5.0.1/24");
     let sock = UdpSocket::bind("10.5.0.1:0").expect("bind");
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::UdpGsoSegment, &1000)
         .expect("UDP_SEGMENT");
@@ -626,12 +632,7 @@ fn vnet_hdr_superpacket_write_reaches_a_socket_as_segments() {
     if !private_host("tuntap::vnet_hdr_superpacket_write_reaches_a_socket_as_segments") {
         return;
     }
-    let tun = TunBuilder::tun()
-        .name("gso1")
-        .offloads(Offloads::CSUM | Offloads::USO4 | Offloads::USO6)
-        .open()
-        .expect("open with offloads");
-    address("gso1", "10.6.0.1/24");
+    let tun = uso_tun("gso1", "10.6.0.1/24");
     let sock = UdpSocket::bind("10.6.0.1:6000").expect("bind");
     sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .expect("timeout");
