@@ -2,10 +2,20 @@
 //! (exit status 1 with the error); all logic is in `netbox::cni`. Logs go to stderr
 //! (`NETBOX_LOG=debug`), never to stdout, which belongs to the protocol.
 
-use std::io::{Read, Write};
-use std::process::ExitCode;
+// std's runtime start-up is replaced by `netbox::startup` (see there why).
+#![no_main]
 
-fn main() -> ExitCode {
+use std::io::{Read, Write};
+
+#[no_mangle]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    netbox::startup::run(plugin_main)
+}
+
+fn plugin_main() -> i32 {
     let stderr_log = std::env::var("NETBOX_LOG").ok();
     if let Some(filter) = &stderr_log {
         tracing_subscriber::fmt()
@@ -16,8 +26,8 @@ fn main() -> ExitCode {
     if let Ok(job) = std::env::var(netbox::cni::ops::REAP_ENV) {
         // A detached helper of an earlier DEL (see `netbox::cni::ops::del`): nobody reads it.
         return match netbox::cni::ops::reap(&job) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::from(1),
+            Ok(()) => 0,
+            Err(_) => 1,
         };
     }
     let mut stdin = Vec::new();
@@ -30,7 +40,7 @@ fn main() -> ExitCode {
                 format!("reading the network configuration from stdin: {e}"),
             );
             print(&serde_json::to_string(&err.to_object(None)).unwrap_or_default());
-            return ExitCode::from(1);
+            return 1;
         }
     }
     if stderr_log.is_none() {
@@ -42,7 +52,7 @@ fn main() -> ExitCode {
     if !outcome.stdout.is_empty() {
         print(&outcome.stdout);
     }
-    ExitCode::from(outcome.exit_code)
+    i32::from(outcome.exit_code)
 }
 
 fn print(text: &str) {

@@ -1,9 +1,11 @@
 //! The `netbox` command: parses arguments and hands them to the library.
 
+// std's runtime start-up is replaced by `netbox::startup` (see there why).
+#![no_main]
+
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -235,7 +237,15 @@ fn env_pairs(items: &[String]) -> Vec<(OsString, OsString)> {
         .collect()
 }
 
-fn main() -> ExitCode {
+#[no_mangle]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    netbox::startup::run(netbox_main)
+}
+
+fn netbox_main() -> i32 {
     init_logging();
     let parsed = if std::env::args_os().nth(1).as_deref() == Some("run".as_ref()) {
         RunCli::try_parse().map(|parsed| {
@@ -251,7 +261,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 125 } else { 0 });
+            return if e.use_stderr() { 125 } else { 0 };
         }
     };
     let code = match cli.command {
@@ -264,7 +274,12 @@ fn main() -> ExitCode {
         Command::Tuntap(cmd) => tuntap::run(cmd),
         Command::Lab(args) => lab::run(args),
     };
-    ExitCode::from(u8::try_from(code).unwrap_or(125))
+    // Statuses are 0-255; anything else would wrap.
+    if (0..=255).contains(&code) {
+        code
+    } else {
+        125
+    }
 }
 
 fn run(args: RunArgs) -> i32 {

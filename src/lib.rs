@@ -20,6 +20,7 @@ pub mod netns;
 pub mod network;
 pub mod process;
 pub mod sandbox;
+pub mod startup;
 pub mod state;
 pub mod tuntap;
 
