@@ -68,8 +68,12 @@ pub async fn ensure_bridge_forced(
     };
     let bridge = host.ensure_bridge_from(&spec, existing).await?;
     let gateways = network.gateway_addresses();
+    let mut present = Vec::new();
     if !gateways.is_empty() {
-        let present = host.addresses(Some(bridge.index)).await?;
+        let v4 = gateways.iter().all(|g| g.is_ipv4());
+        let v6 = gateways.iter().all(|g| g.is_ipv6());
+        let family = (v4 || v6).then_some(v4);
+        present = host.addresses_of(Some(bridge.index), family).await?;
         for gw in &gateways {
             let subnet = IpNetwork::new(gw.network(), gw.prefix())
                 .map_err(|e| Error::Config(format!("gateway {gw}: {e}")))?;
@@ -87,7 +91,12 @@ pub async fn ensure_bridge_forced(
             }
         }
     }
-    for gw in gateways {
+    // A gateway already on the bridge (the usual case: every sandbox after the first) needs
+    // no second look at who else holds it.
+    for gw in gateways
+        .into_iter()
+        .filter(|gw| !present.iter().any(|(_, a)| a.ip() == gw.ip()))
+    {
         host.ensure_address(&bridge, gw).await?;
     }
     Ok(bridge)
@@ -111,9 +120,19 @@ pub async fn attach_to_bridge(
         peer_mac: spec.mac,
         alias: Some(spec.owner.clone()),
     };
-    let host_link = host.create_veth(&veth, ns).await?;
-    match configure_sandbox(sandbox, network, spec).await {
-        Ok((sandbox_link, gateways)) => Ok(Attachment {
+    host.create_veth_pair(&veth, ns).await?;
+    let configured = async {
+        let (sandbox_link, gateways) = configure_sandbox(sandbox, network, spec).await?;
+        // Looked up once its peer is up (see `create_veth_pair`).
+        let host_link = host.link_by_name(&spec.host_ifname).await?.ok_or_else(|| {
+            crate::netlink::NetlinkError::LinkNotFound {
+                name: spec.host_ifname.clone(),
+            }
+        })?;
+        Ok::<_, Error>((host_link, sandbox_link, gateways))
+    };
+    match configured.await {
+        Ok((host_link, sandbox_link, gateways)) => Ok(Attachment {
             bridge: bridge.clone(),
             host: host_link,
             sandbox: sandbox_link,

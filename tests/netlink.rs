@@ -96,6 +96,12 @@ fn veth_peer_is_born_inside_the_namespace_under_its_final_name() {
     let host = &ip_json("-d link show nbxhost1")[0];
     assert_eq!(host["master"], "nbtest0");
     assert_eq!(host["ifalias"], "netbox:test");
+    // One queue each way on both ends, as asked (not one per CPU cut down to one).
+    let peer = &ip_json("-n peer-test -d link show eth0")[0];
+    for end in [host, peer] {
+        assert_eq!(end["num_tx_queues"], 1, "{end}");
+        assert_eq!(end["num_rx_queues"], 1, "{end}");
+    }
     let inside = ip_json("-n peer-test link show");
     let names: Vec<&str> = inside
         .as_array()

@@ -312,21 +312,50 @@ impl Netlink {
     /// Creates a veth pair: the host end here (enslaved to `controller`, up), the peer directly
     /// inside `peer_ns` under its final name (no move, no rename). Returns the host end.
     pub async fn create_veth(&self, spec: &VethSpec, peer_ns: &NetNs) -> Result<Link> {
+        self.create_veth_pair(spec, peer_ns).await?;
+        match self.link_by_name(&spec.host_name).await {
+            Ok(Some(link)) => Ok(link),
+            other => {
+                let _ = self.delete_link(&spec.host_name).await;
+                other?.ok_or_else(|| NetlinkError::LinkNotFound {
+                    name: spec.host_name.clone(),
+                })
+            }
+        }
+    }
+
+    /// [`Netlink::create_veth`] without the look-up of the host end. Looking a link up makes
+    /// the kernel apply its pending carrier change first: right after the creation that is
+    /// "no carrier" (the peer is down), which waits for an RCU grace period; once the peer is
+    /// up it is cheap. Callers that configure the peer first look the host end up afterwards.
+    pub async fn create_veth_pair(&self, spec: &VethSpec, peer_ns: &NetNs) -> Result<()> {
         validate_ifname(&spec.host_name)?;
         validate_ifname(&spec.peer_name)?;
-        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(spec.peer_name.clone())
-            .setns_by_fd(peer_ns.as_fd().as_raw_fd());
+        // One queue each way, asked for explicitly: otherwise the kernel allocates a queue per
+        // CPU and then cuts the real count down to one, which waits for an expedited RCU grace
+        // period per end (a good part of a sandbox start in a VM). One is the count veth
+        // ends up with anyway.
+        let one_queue = |b: LinkMessageBuilder<LinkUnspec>| {
+            b.append_extra_attribute(LinkAttribute::NumTxQueues(1))
+                .append_extra_attribute(LinkAttribute::NumRxQueues(1))
+        };
+        let mut peer = one_queue(
+            LinkMessageBuilder::<LinkUnspec>::new()
+                .name(spec.peer_name.clone())
+                .setns_by_fd(peer_ns.as_fd().as_raw_fd()),
+        );
         if let Some(mtu) = spec.mtu {
             peer = peer.mtu(mtu);
         }
         if let Some(mac) = spec.peer_mac {
             peer = peer.address(mac.to_vec());
         }
-        let mut host = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(spec.host_name.clone())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-            .up();
+        let mut host = one_queue(
+            LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+                .name(spec.host_name.clone())
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+                .up(),
+        );
         if let Some(ctrl) = spec.controller {
             host = host.controller(ctrl);
         }
@@ -356,40 +385,18 @@ impl Netlink {
                 ))
             }
         }
-        // The host end is looked up (its index changed with the creation) while its alias is
-        // set by name, in one round trip: the kernel ignores IFLA_IFALIAS on creation.
-        let lookup = self.link_by_name(&spec.host_name);
-        let alias = async {
-            match &spec.alias {
-                Some(alias) => {
-                    let msg = LinkUnspec::new_with_name(&spec.host_name).alias(alias.clone());
-                    self.handle
-                        .link()
-                        .set(msg.build())
-                        .execute()
-                        .await
-                        .map_err(|e| {
-                            request_error(
-                                format!("recording the owner of \"{}\"", spec.host_name),
-                                e,
-                            )
-                        })
-                }
-                None => Ok(()),
-            }
-        };
-        let (link, alias) = futures::join!(lookup, alias);
-        let link = match (link, alias) {
-            (Ok(Some(link)), Ok(())) => link,
-            (link, alias) => {
+        // The kernel ignores IFLA_IFALIAS on creation: the owner is recorded by name after.
+        if let Some(alias) = &spec.alias {
+            let msg = LinkUnspec::new_with_name(&spec.host_name).alias(alias.clone());
+            if let Err(e) = self.handle.link().set(msg.build()).execute().await {
                 let _ = self.delete_link(&spec.host_name).await;
-                alias?;
-                link?.ok_or_else(|| NetlinkError::LinkNotFound {
-                    name: spec.host_name.clone(),
-                })?
+                return Err(request_error(
+                    format!("recording the owner of \"{}\"", spec.host_name),
+                    e,
+                ));
             }
-        };
-        Ok(link)
+        }
+        Ok(())
     }
 
     /// Brings a link up.
@@ -469,11 +476,10 @@ impl Netlink {
 
     /// Links holding `ip`, as (index, name).
     pub async fn address_holders(&self, ip: IpAddr) -> Result<Vec<(u32, String)>> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_address_filter(ip)
+        let mut req = self.handle.address().get().set_address_filter(ip);
+        // One family's dump: a host with many veths has an IPv6 link-local address on each.
+        req.message_mut().header.family = family_of(ip.is_ipv4());
+        let msgs: Vec<_> = req
             .execute()
             .try_collect()
             .await
@@ -492,9 +498,23 @@ impl Netlink {
 
     /// Addresses on a link (or all links), as (index, address/prefix).
     pub async fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNetwork)>> {
+        self.addresses_of(index, None).await
+    }
+
+    /// [`Netlink::addresses`] of one family (IPv4 when `v4` is `Some(true)`), or of both. The
+    /// kernel dumps the addresses of every link whatever the index asked for; a family at least
+    /// keeps the IPv6 link-local address of every veth on the host out of an IPv4 question.
+    pub async fn addresses_of(
+        &self,
+        index: Option<u32>,
+        v4: Option<bool>,
+    ) -> Result<Vec<(u32, IpNetwork)>> {
         let mut req = self.handle.address().get();
         if let Some(i) = index {
             req = req.set_link_index_filter(i);
+        }
+        if let Some(v4) = v4 {
+            req.message_mut().header.family = family_of(v4);
         }
         let msgs: Vec<_> = req
             .execute()
@@ -738,6 +758,14 @@ fn route_message(oif: u32, dst: IpNetwork, gateway: Option<IpAddr>) -> RouteMess
         msg.header.scope = RouteScope::Link;
     }
     msg
+}
+
+fn family_of(v4: bool) -> AddressFamily {
+    if v4 {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
 }
 
 fn route_from_message(msg: &RouteMessage) -> Option<Route> {
