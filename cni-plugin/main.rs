@@ -2,7 +2,8 @@
 //! (exit status 1 with the error); all logic is in `netbox::cni`. Logs go to stderr
 //! (`NETBOX_LOG=debug`), never to stdout, which belongs to the protocol.
 
-// std's runtime start-up is replaced by `netbox::startup` (see there why).
+// std's runtime start-up is replaced by `netbox::startup` (see there why). The plugin reads no
+// arguments, so this holds with any C library (with musl, std learns them only in its start-up).
 #![no_main]
 
 use std::io::{Read, Write};

@@ -1,7 +1,8 @@
 //! The `netbox` command: parses arguments and hands them to the library.
 
-// std's runtime start-up is replaced by `netbox::startup` (see there why).
-#![no_main]
+// With glibc, std's runtime start-up is replaced by `netbox::startup` (see there why). Other
+// C libraries keep std's: only glibc hands the arguments to std without it.
+#![cfg_attr(target_env = "gnu", no_main)]
 
 use std::ffi::OsString;
 use std::net::IpAddr;
@@ -237,11 +238,17 @@ fn env_pairs(items: &[String]) -> Vec<(OsString, OsString)> {
         .collect()
 }
 
+#[cfg(target_env = "gnu")]
 #[no_mangle]
 extern "C" fn main(
     _argc: std::ffi::c_int,
     _argv: *const *const std::ffi::c_char,
 ) -> std::ffi::c_int {
+    netbox::startup::run(netbox_main)
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn main() {
     netbox::startup::run(netbox_main)
 }
 

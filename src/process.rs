@@ -1037,10 +1037,10 @@ fn loopback_up() -> io::Result<()> {
         let mut req: libc::ifreq = std::mem::zeroed();
         req.ifr_name[0] = b'l' as libc::c_char;
         req.ifr_name[1] = b'o' as libc::c_char;
-        let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+        let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req);
         if rc >= 0 {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            rc = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+            rc = libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req);
         }
         let result = if rc < 0 {
             Err(io::Error::last_os_error())
