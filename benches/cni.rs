@@ -2,7 +2,8 @@
 //! host-local), side by side in one run: the same configuration apart from the plugin and IPAM
 //! type, a fresh named namespace per cycle, cycles interleaved so both see the same load.
 //! Prints medians and p90 of ADD, CHECK, DEL and VERSION, and the ratios against the targets
-//! (ADD ≤ 0.25×, DEL ≤ 0.5×, VERSION ≤ 0.25×).
+//! (ADD ≤ 0.25×, DEL ≤ 0.5×, VERSION ≤ 0.25×), for the default build and, when it has been
+//! built, the static musl build of the README.
 //!
 //! Runs as root inside a private network + mount namespace: bridges, namespaces and leases never
 //! reach the real host. `cargo bench --bench cni [-- N]` (N cycles, default 50).
@@ -46,7 +47,7 @@ fn main() {
 "ipam":{{"type":"{ipam}","subnet":"{subnet}","dataDir":"/var/lib/netbox/bench-{plugin}"}}}}"#
         )
     };
-    let mut plugins = [
+    let mut plugins = vec![
         Plugin {
             label: "reference bridge+host-local",
             binary: format!("{REFERENCE_DIR}/bridge"),
@@ -55,13 +56,29 @@ fn main() {
         },
         Plugin {
             label: "netbox-cni",
-            // NETBOX_BENCH_CNI_BIN compares another build (e.g. a statically linked one).
+            // NETBOX_BENCH_CNI_BIN compares another build.
             binary: std::env::var("NETBOX_BENCH_CNI_BIN")
                 .unwrap_or_else(|_| env!("CARGO_BIN_EXE_netbox-cni").to_string()),
             config: config("netbox-cni", "netbox", "nbbench0", "10.121.0.0/16"),
             times: Default::default(),
         },
     ];
+    // The static musl build of the README, when it has been built: compared in the same run.
+    let musl = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/x86_64-unknown-linux-musl/release/netbox-cni");
+    if musl.exists() {
+        plugins.push(Plugin {
+            label: "netbox-cni (musl)",
+            binary: musl.display().to_string(),
+            config: config("netbox-cni", "netbox", "nbbench1", "10.122.0.0/16"),
+            times: Default::default(),
+        });
+    } else {
+        eprintln!(
+            "cni bench: no static musl build at {} (see README); comparing the default build only",
+            musl.display()
+        );
+    }
     // Warm up: the first ADD creates the bridge, later ones reuse it as in real use.
     for p in &mut plugins {
         cycle(p, "warmup", false);
@@ -72,29 +89,32 @@ fn main() {
         }
     }
     println!("CNI plugins, {n} cycles each (fresh netns per cycle), interleaved");
-    println!(
-        "{:<8} {:>22} {:>22} {:>8}",
-        "op", "reference med/p90", "netbox-cni med/p90", "ratio"
-    );
-    let [reference, netbox] = &mut plugins;
+    let (reference, builds) = plugins.split_at_mut(1);
+    let reference = &mut reference[0];
+    print!("{:<8} {:>22}", "op", "reference med/p90");
+    for b in builds.iter() {
+        print!(" {:>24} {:>6}", format!("{} med/p90", b.label), "ratio");
+    }
+    println!();
     for (i, op) in OPS.iter().enumerate() {
         let (r_med, r_p90) = stats(&mut reference.times[i]);
-        let (n_med, n_p90) = stats(&mut netbox.times[i]);
+        print!("{op:<8} {:>9.2} / {:>7.2} ms", ms(r_med), ms(r_p90));
+        for b in builds.iter_mut() {
+            let (n_med, n_p90) = stats(&mut b.times[i]);
+            print!(
+                " {:>11.2} / {:>7.2} ms {:>6.3}",
+                ms(n_med),
+                ms(n_p90),
+                n_med.as_secs_f64() / r_med.as_secs_f64()
+            );
+        }
         let target = match *op {
-            "ADD" | "VERSION" => " (target <= 0.25)",
-            "DEL" => " (target <= 0.50)",
+            "ADD" | "VERSION" => "  (target <= 0.25)",
+            "DEL" => "  (target <= 0.50)",
             _ => "",
         };
-        println!(
-            "{op:<8} {:>9.2} / {:>7.2} ms {:>9.2} / {:>7.2} ms {:>8.3}{target}",
-            ms(r_med),
-            ms(r_p90),
-            ms(n_med),
-            ms(n_p90),
-            n_med.as_secs_f64() / r_med.as_secs_f64()
-        );
+        println!("{target}");
     }
-    println!("({} vs {})", reference.label, netbox.label);
 }
 
 /// One attachment's life: ADD, CHECK (with the ADD result as prevResult), DEL; then VERSION.

@@ -256,9 +256,12 @@ pub fn netbox_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_netbox"))
 }
 
-/// The built `netbox-cni` binary.
+/// The built `netbox-cni` binary, or the one `NETBOX_TEST_CNI_BIN` names (the static musl
+/// build of the README, say).
 pub fn cni_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netbox-cni"))
+    std::env::var_os("NETBOX_TEST_CNI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netbox-cni")))
 }
 
 /// A fresh `netbox` command.
