@@ -232,6 +232,8 @@ fn ipam_del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
 fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
     let start = std::time::Instant::now();
     let (ns, ns_path) = netns_of(env, code::INVALID_ENVIRONMENT)?;
+    // The socket inside is opened on its own thread while this one records the attachment.
+    let inside = Netlink::connect_in_background(&ns).map_err(io_failure)?;
     if conf.wants_firewall() {
         // Refused before anything is made, rather than rolled back.
         firewall::nft::binary()?;
@@ -242,7 +244,7 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
     let previous = state::load_cni(&owner(env)).ok().flatten();
     let mut record = cni_record(env, conf, &ns, &ns_path)?;
     record.save().map_err(io_failure)?;
-    let added = add_recorded(env, conf, stdin, &ns, &ns_path, start);
+    let added = add_recorded(env, conf, stdin, inside, &ns, &ns_path, start);
     let kept = match &added {
         Ok(result) => {
             record.phase = state::Phase::Ready;
@@ -298,6 +300,7 @@ fn add_recorded(
     env: &Env,
     conf: &NetConf,
     stdin: &[u8],
+    inside: crate::netlink::PendingConnection,
     ns: &NetNs,
     ns_path: &str,
     start: std::time::Instant,
@@ -306,7 +309,7 @@ fn add_recorded(
     let ns_path = ns_path.to_string();
     runtime()?.block_on(async {
         let host = Netlink::connect()?;
-        let sandbox = Netlink::connect_in(ns)?;
+        let sandbox = inside.finish()?;
         phase("connected");
         let host_ifname = host_ifname(&env.container_id, &env.ifname);
         let alias = host_alias(&conf.name, &env.container_id, &env.ifname);

@@ -140,6 +140,26 @@ pub struct Netlink {
     handle: Handle,
 }
 
+/// A netlink socket being opened inside another namespace ([`Netlink::connect_in_background`]).
+#[derive(Debug)]
+pub struct PendingConnection(
+    std::thread::JoinHandle<
+        std::result::Result<io::Result<netlink_sys::Socket>, crate::netns::NetnsError>,
+    >,
+);
+
+impl PendingConnection {
+    /// Waits for the socket (the thread only enters the namespace and opens it) and connects.
+    pub fn finish(self) -> crate::Result<Netlink> {
+        let socket = self
+            .0
+            .join()
+            .map_err(|_| crate::netns::NetnsError::Thread("panicked".into()))??
+            .map_err(NetlinkError::Socket)?;
+        Ok(Netlink::from_socket(socket)?)
+    }
+}
+
 impl Netlink {
     /// Connects in the calling thread's namespace.
     pub fn connect() -> Result<Netlink> {
@@ -186,6 +206,12 @@ impl Netlink {
             .run_in(Self::open_socket)?
             .map_err(NetlinkError::Socket)?;
         Ok(Self::from_socket(socket)?)
+    }
+
+    /// [`Netlink::connect_in`] in two halves: the socket is opened on its thread while the
+    /// caller goes on, and [`PendingConnection::finish`] connects through it.
+    pub fn connect_in_background(ns: &NetNs) -> crate::Result<PendingConnection> {
+        Ok(PendingConnection(ns.run_in_background(Self::open_socket)?))
     }
 
     /// Looks a link up by name; `None` when absent.
