@@ -176,28 +176,9 @@ impl NetNs {
         })
     }
 
-    /// [`NetNs::run_in`] without waiting: `f` runs on a new thread that enters this namespace,
-    /// while the caller goes on; join the handle for its result.
-    pub fn run_in_background<T, F>(&self, f: F) -> Result<std::thread::JoinHandle<Result<T>>>
-    where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
-    {
-        let fd = self.try_clone_fd()?;
-        let what = self.describe();
-        std::thread::Builder::new()
-            .name("netbox-netns".into())
-            .spawn(move || {
-                setns(&fd, CloneFlags::CLONE_NEWNET)
-                    .map_err(|source| NetnsError::Enter { what, source })?;
-                drop(fd);
-                Ok(f())
-            })
-            .map_err(|e| NetnsError::Thread(e.to_string()))
-    }
-
-    /// Runs `f` on a new long-lived thread that has entered this namespace (a service that
-    /// stays in it, like a lab's listener). The thread is dedicated: it never does other work.
+    /// Runs `f` on a new thread that has entered this namespace, without waiting for it: a
+    /// service that stays in it (a lab's listener), or work done while the caller goes on (a
+    /// socket opened inside). The thread is dedicated: it never does other work.
     pub fn spawn_in<T, F>(&self, f: F) -> Result<std::thread::JoinHandle<Result<T>>>
     where
         F: FnOnce() -> T + Send + 'static,

@@ -211,7 +211,7 @@ impl Netlink {
     /// [`Netlink::connect_in`] in two halves: the socket is opened on its thread while the
     /// caller goes on, and [`PendingConnection::finish`] connects through it.
     pub fn connect_in_background(ns: &NetNs) -> crate::Result<PendingConnection> {
-        Ok(PendingConnection(ns.run_in_background(Self::open_socket)?))
+        Ok(PendingConnection(ns.spawn_in(Self::open_socket)?))
     }
 
     /// Looks a link up by name; `None` when absent.
