@@ -214,9 +214,10 @@ fn ping(addr: IpAddr) -> std::result::Result<String, String> {
         if left.is_zero() {
             return Err("timed out".into());
         }
+        // The field types differ between C libraries (musl deprecates the aliases).
         let tv = libc::timeval {
-            tv_sec: left.as_secs() as libc::time_t,
-            tv_usec: left.subsec_micros() as libc::suseconds_t,
+            tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX as _),
+            tv_usec: left.subsec_micros() as _,
         };
         // SAFETY: sets a receive timeout from a timeval of the right size.
         unsafe {
