@@ -44,7 +44,7 @@ fn main() {
         format!(
             r#"{{"cniVersion":"1.0.0","name":"bench","type":"{plugin}","bridge":"{bridge}",
 "isGateway":true,"isDefaultGateway":true,"ipMasq":false,
-"ipam":{{"type":"{ipam}","subnet":"{subnet}","dataDir":"/var/lib/netbox/bench-{plugin}"}}}}"#
+"ipam":{{"type":"{ipam}","subnet":"{subnet}","dataDir":"/var/lib/netbox/bench-{bridge}"}}}}"#
         )
     };
     let mut plugins = vec![
@@ -80,15 +80,19 @@ fn main() {
         );
     }
     // Warm up: the first ADD creates the bridge, later ones reuse it as in real use.
-    for p in &mut plugins {
-        cycle(p, "warmup", false);
+    // Each plugin has its own bridge, store and container ids: the two netbox builds would
+    // otherwise share host veth names, and one build's ADD could meet the veth the other's
+    // DEL is still deleting in the background.
+    for (k, p) in plugins.iter_mut().enumerate() {
+        cycle(p, &format!("p{k}warmup"), false);
     }
     // The order rotates: a cycle runs while the kernel still tears down the namespaces of the
     // cycles before it, and no plugin should always follow the same one.
     let count = plugins.len();
     for i in 0..n {
         for k in 0..count {
-            cycle(&mut plugins[(i + k) % count], &format!("c{i}"), true);
+            let which = (i + k) % count;
+            cycle(&mut plugins[which], &format!("p{which}c{i}"), true);
         }
     }
     println!("CNI plugins, {n} cycles each (fresh netns per cycle), interleaved");

@@ -4,17 +4,20 @@
 //! Before `main`, std finds the main thread's stack guard with `pthread_getattr_np`, which makes
 //! glibc read and parse /proc/self/maps, and installs an alternate signal stack for its
 //! stack-overflow message: about 60 µs of a 0.9 ms plugin call on the machines netbox is
-//! measured on. The binaries are `#![no_main]` and call [`run`], which keeps the parts of std's
-//! start-up that change behaviour (SIGPIPE ignored, fds 0-2 open, stdout flushed at exit, a
-//! panic turned into an exit status) and drops the rest: a stack overflow is a plain SIGSEGV.
+//! measured on. With glibc the binaries are `#![no_main]` and call [`run`], which keeps the
+//! parts of std's start-up that change behaviour (SIGPIPE ignored, fds 0-2 open, stdout flushed
+//! at exit, a panic turned into an exit status) and drops the rest: a stack overflow is a
+//! plain SIGSEGV. Elsewhere only std's start-up learns the arguments, so there the runner keeps
+//! it and calls [`run`] from an ordinary `main` (the plugin reads no arguments and is
+//! `#![no_main]` everywhere).
 
 use std::panic::{self, AssertUnwindSafe};
 
 /// Exit status of a panic, as with std's own runtime.
 const PANIC_STATUS: i32 = 101;
 
-/// Runs `body` as the program and exits with its status. Call it from a `#[no_mangle] extern
-/// "C" fn main`, before any other thread exists.
+/// Runs `body` as the program and exits with its status. Call it first thing in `main` (a
+/// `#[no_mangle] extern "C" fn main` under `#![no_main]`), before any other thread exists.
 pub fn run(body: impl FnOnce() -> i32) -> ! {
     ensure_standard_fds();
     // SAFETY: single-threaded here; SIG_IGN installs no handler code. Writes to a closed pipe
