@@ -127,7 +127,7 @@ fn main() {
 /// One attachment's life: ADD, CHECK (with the ADD result as prevResult), DEL; then VERSION.
 fn cycle(p: &mut Plugin, id: &str, record: bool) {
     let ns = format!("bench-{id}");
-    netbox::netns::create_named(&ns).expect("netns");
+    netbox::sys::netns::create_named(&ns).expect("netns");
     let netns = format!("/run/netns/{ns}");
     let (t_add, result) = call(p, "ADD", id, &netns, &p.config);
     let mut check_conf: serde_json::Value = serde_json::from_str(&p.config).expect("config");
@@ -135,7 +135,7 @@ fn cycle(p: &mut Plugin, id: &str, record: bool) {
     let (t_check, _) = call(p, "CHECK", id, &netns, &check_conf.to_string());
     let (t_del, _) = call(p, "DEL", id, &netns, &p.config);
     let (t_version, _) = call(p, "VERSION", id, &netns, r#"{"cniVersion":"1.0.0"}"#);
-    netbox::netns::delete_named(&ns).expect("delete netns");
+    netbox::sys::netns::delete_named(&ns).expect("delete netns");
     if record {
         for (i, t) in [t_add, t_check, t_del, t_version].into_iter().enumerate() {
             p.times[i].push(t);

@@ -70,7 +70,7 @@ fn main() {
         call(&portmap_bin, "DEL", &id, &path, &chained);
         call(&bridge_bin, "DEL", &id, &path, &bridge);
         let del = start.elapsed();
-        netbox::netns::delete_named(&format!("bench-{id}")).expect("delete netns");
+        netbox::sys::netns::delete_named(&format!("bench-{id}")).expect("delete netns");
         if record {
             times[0].push(add);
             times[1].push(del);
@@ -84,7 +84,7 @@ fn main() {
         let start = Instant::now();
         call(&netbox_bin, "DEL", &id, &path, &netbox);
         let del = start.elapsed();
-        netbox::netns::delete_named(&format!("bench-{id}")).expect("delete netns");
+        netbox::sys::netns::delete_named(&format!("bench-{id}")).expect("delete netns");
         if record {
             times[2].push(add);
             times[3].push(del);
@@ -108,7 +108,7 @@ fn main() {
 
 fn netns(id: &str) -> String {
     let name = format!("bench-{id}");
-    netbox::netns::create_named(&name).expect("netns");
+    netbox::sys::netns::create_named(&name).expect("netns");
     format!("/run/netns/{name}")
 }
 

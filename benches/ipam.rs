@@ -16,7 +16,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netbox::ipam::{IpamConfig, Owner, Store};
+use netbox::model::ipam::IpamConfig;
+use netbox::model::owner::Owner;
+use netbox::provision::leases::Store;
 use serde_json::json;
 
 const COUNTS: [usize; 4] = [0, 1_000, 5_000, 20_000];

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use common::{median, ms, private_host, require_root, samples};
 use netbox::lab::topology::{CheckPlan, Expect, Probe};
 use netbox::lab::{check, topology, BuildOptions, Lab, Topology};
-use netbox::netns::NetNs;
+use netbox::sys::netns::NetNs;
 
 const NODES: usize = 50;
 const PORT: u16 = 80;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{private_host, require_root, samples};
-use netbox::tuntap::{AsyncQueue, Offloads, TunBuilder};
+use netbox::sys::tuntap::{AsyncQueue, Offloads, TunBuilder};
 
 /// How long each reader reads per round.
 const WINDOW: Duration = Duration::from_millis(700);

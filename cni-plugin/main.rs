@@ -1,5 +1,5 @@
 //! The `netbox-cni` plugin: the CNI environment and stdin in, a result or an error object out
-//! (exit status 1 with the error); all logic is in `netbox::cni`. Logs go to stderr
+//! (exit status 1 with the error); all logic is in `netbox::usecase::cni`. Logs go to stderr
 //! (`NETBOX_LOG=debug`), never to stdout, which belongs to the protocol.
 
 // std's runtime start-up is replaced by `netbox::startup` (see there why). The plugin reads no
@@ -24,9 +24,9 @@ fn plugin_main() -> i32 {
             .with_writer(std::io::stderr)
             .init();
     }
-    if let Ok(job) = std::env::var(netbox::cni::ops::REAP_ENV) {
-        // A detached helper of an earlier DEL (see `netbox::cni::ops::del`): nobody reads it.
-        return match netbox::cni::ops::reap(&job) {
+    if let Ok(job) = std::env::var(netbox::usecase::cni::ops::REAP_ENV) {
+        // A detached helper of an earlier DEL (see `netbox::usecase::cni::ops::del`): nobody reads it.
+        return match netbox::usecase::cni::ops::reap(&job) {
             Ok(()) => 0,
             Err(_) => 1,
         };
@@ -36,8 +36,8 @@ fn plugin_main() -> i32 {
     let command = std::env::var("CNI_COMMAND").unwrap_or_default();
     if command != "VERSION" {
         if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-            let err = netbox::cni::CniError::new(
-                netbox::cni::code::IO_FAILURE,
+            let err = netbox::usecase::cni::CniError::new(
+                netbox::usecase::cni::code::IO_FAILURE,
                 format!("reading the network configuration from stdin: {e}"),
             );
             print(&serde_json::to_string(&err.to_object(None)).unwrap_or_default());
@@ -45,11 +45,11 @@ fn plugin_main() -> i32 {
         }
     }
     if stderr_log.is_none() {
-        if let Some((path, level)) = netbox::cni::log_target(&stdin) {
+        if let Some((path, level)) = netbox::usecase::cni::log_target(&stdin) {
             log_to_file(&path, &level);
         }
     }
-    let outcome = netbox::cni::run(&|key| std::env::var(key).ok(), &stdin);
+    let outcome = netbox::usecase::cni::run(&|key| std::env::var(key).ok(), &stdin);
     if !outcome.stdout.is_empty() {
         print(&outcome.stdout);
     }

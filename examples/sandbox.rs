@@ -3,7 +3,7 @@
 //!
 //! `cargo build --example sandbox && sudo target/debug/examples/sandbox [CMD ARGS...]`
 
-use netbox::sandbox::{self, NetMode, RunSpec};
+use netbox::usecase::run::{self, NetMode, RunSpec};
 
 fn main() {
     let mut args = std::env::args_os().skip(1);
@@ -12,9 +12,9 @@ fn main() {
         None => ("ip".into(), vec!["-br".into(), "addr".into()]),
     };
     let spec = RunSpec {
-        net: if sandbox::privileged() {
+        net: if netbox::sys::privilege::privileged() {
             NetMode::Bridge {
-                network: netbox::network::DEFAULT_NETWORK.into(),
+                network: netbox::model::network::DEFAULT_NETWORK.into(),
                 subnet: None,
             }
         } else {
@@ -23,7 +23,7 @@ fn main() {
         hostname: Some("example".into()),
         ..RunSpec::command(program, args)
     };
-    match sandbox::run(spec) {
+    match run::run(spec) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("sandbox: {e}");

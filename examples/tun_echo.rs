@@ -15,8 +15,8 @@
 //! the subnet by this program.
 
 use ipnetwork::IpNetwork;
-use netbox::netlink::Netlink;
-use netbox::tuntap::{packet, TunBuilder};
+use netbox::sys::netlink::Netlink;
+use netbox::sys::tuntap::{packet, TunBuilder};
 
 fn main() {
     if let Err(e) = run() {

@@ -14,9 +14,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 
-use netbox::netlink::Netlink;
-use netbox::netns::NetNs;
-use netbox::tuntap::{AsyncQueue, TunBuilder};
+use netbox::sys::netlink::Netlink;
+use netbox::sys::netns::NetNs;
+use netbox::sys::tuntap::{AsyncQueue, TunBuilder};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 
-use netbox::sandbox::{self, NetMode, RunSpec};
+use netbox::usecase::run::{self, NetMode, RunSpec};
 
 mod lab;
 mod ns;
@@ -107,7 +107,7 @@ struct RunArgs {
     /// Create a TUN device NAME inside the sandbox before CMD starts (persistent, owned by
     /// the user CMD runs as, so CMD attaches to it by name), with an address (repeatable).
     #[arg(long = "tun", value_name = "NAME[:ADDR/LEN]")]
-    tuns: Vec<netbox::tuntap::TunRequest>,
+    tuns: Vec<netbox::sys::tuntap::TunRequest>,
     /// Write the sandbox interface's packets to FILE (pcap; tcpdump -r, Wireshark).
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
@@ -118,7 +118,7 @@ struct RunArgs {
 pub struct LinkArgs {
     /// Bridge network: the built-in "netbox", or the name of a CNI conflist in
     /// NETBOX_CNI_CONF_DIR (default /etc/cni/net.d).
-    #[arg(long, default_value = netbox::network::DEFAULT_NETWORK, value_name = "NAME")]
+    #[arg(long, default_value = netbox::model::network::DEFAULT_NETWORK, value_name = "NAME")]
     network: String,
     /// Subnet of the built-in network (default 10.117.0.0/24).
     #[arg(long, env = "NETBOX_SUBNET", value_name = "CIDR")]
@@ -211,7 +211,7 @@ fn parse_publish(s: &str) -> Result<netbox::firewall::PortMapping, String> {
 }
 
 fn parse_mac(s: &str) -> Result<Mac, String> {
-    netbox::netlink::parse_mac(s)
+    netbox::sys::netlink::parse_mac(s)
         .map(Mac)
         .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
 }
@@ -319,7 +319,7 @@ fn run(args: RunArgs) -> i32 {
         capture: args.capture,
         ..base
     };
-    match sandbox::run(spec) {
+    match run::run(spec) {
         Ok(code) => code,
         Err(e) => fail(&e),
     }

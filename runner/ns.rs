@@ -2,10 +2,10 @@
 
 use clap::{Args, Subcommand};
 
-use netbox::gc;
-use netbox::named::{self, AddSpec};
-use netbox::network;
-use netbox::sandbox::{NetMode, RunSpec};
+use netbox::model::network;
+use netbox::usecase::gc;
+use netbox::usecase::named::{self, AddSpec};
+use netbox::usecase::run::{NetMode, RunSpec};
 
 use super::{fail, CommandArgs, LinkArgs};
 
@@ -236,7 +236,7 @@ fn describe(k: &network::KnownNetwork) -> serde_json::Value {
             "isDefaultGateway": s.is_default_gateway,
             "subnets": s.subnets().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "gateways": s.gateway_addresses().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "dataDir": netbox::sandbox::data_dir(s),
+            "dataDir": s.ipam.data_dir(),
         }),
         Err(e) => serde_json::json!({ "name": k.name, "source": source, "error": e.to_string() }),
     }

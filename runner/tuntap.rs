@@ -2,8 +2,8 @@
 
 use clap::{Args, Subcommand};
 
-use netbox::netlink::{Netlink, TunLink};
-use netbox::tuntap::{Offloads, TunBuilder, TuntapError};
+use netbox::sys::netlink::{Netlink, TunLink};
+use netbox::sys::tuntap::{Offloads, TunBuilder, TuntapError};
 
 #[derive(Subcommand)]
 pub enum TuntapCommand {
@@ -61,7 +61,7 @@ pub fn run(cmd: TuntapCommand) -> i32 {
 }
 
 fn add(args: AddArgs) -> netbox::Result<()> {
-    netbox::tuntap::validate_name(&args.name)?;
+    netbox::sys::tuntap::validate_name(&args.name)?;
     let mut builder = if args.tap {
         TunBuilder::tap()
     } else {
@@ -105,7 +105,7 @@ fn add(args: AddArgs) -> netbox::Result<()> {
 }
 
 fn del(name: &str) -> netbox::Result<()> {
-    netbox::tuntap::validate_name(name)?;
+    netbox::sys::tuntap::validate_name(name)?;
     let name = name.to_string();
     block_on(|nl| async move {
         let Some(link) = nl.link_by_name(&name).await? else {

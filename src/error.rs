@@ -5,15 +5,15 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum Error {
     #[error(transparent)]
-    Netlink(#[from] crate::netlink::NetlinkError),
+    Netlink(#[from] crate::sys::netlink::NetlinkError),
     #[error(transparent)]
-    Netns(#[from] crate::netns::NetnsError),
+    Netns(#[from] crate::sys::netns::NetnsError),
     #[error(transparent)]
-    Ipam(#[from] crate::ipam::IpamError),
+    Ipam(#[from] crate::model::ipam::IpamError),
     #[error(transparent)]
     Process(#[from] crate::process::ProcessError),
     #[error(transparent)]
-    Tuntap(#[from] crate::tuntap::TuntapError),
+    Tuntap(#[from] crate::sys::tuntap::TuntapError),
     #[error(transparent)]
     Firewall(#[from] crate::firewall::FirewallError),
     #[error("{0}")]

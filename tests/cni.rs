@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use crate::harness::{
     cni_bin, eventually, files_under, ip_json, link_names, private_host, sh, skip,
 };
-use netbox::cni::conf::{Env, NetConf};
-use netbox::netns::{self, NetNs};
+use netbox::sys::netns::{self, NetNs};
+use netbox::usecase::cni::conf::{Env, NetConf};
 
 const LEASES: &str = "/var/lib/netbox/ipam";
 const REFERENCE_HOST_LOCAL: &str = "/usr/lib/cni/host-local";
@@ -1266,7 +1266,7 @@ proptest! {
         ];
         let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         match Env::parse(&get) {
-            Ok(e) => prop_assert!(netbox::netlink::validate_ifname(&e.ifname).is_ok()),
+            Ok(e) => prop_assert!(netbox::sys::netlink::validate_ifname(&e.ifname).is_ok()),
             Err(e) => prop_assert_eq!(e.code, 4),
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::harness::{cni_bin, eventually, netbox, private_host, sh};
-use netbox::netns::{self, NetNs};
+use netbox::sys::netns::{self, NetNs};
 
 /// Names of netbox's tables (`nft -j list tables`), all families.
 pub fn netbox_tables() -> Vec<String> {

@@ -11,8 +11,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use netbox::ipam::store::{default_data_dir, Step};
-use netbox::ipam::{IpamConfig, IpamError, Owner, Store};
+use netbox::model::ipam::default_data_dir;
+use netbox::model::ipam::{IpamConfig, IpamError};
+use netbox::model::owner::Owner;
+use netbox::provision::leases::Step;
+use netbox::provision::leases::Store;
 use serde_json::{json, Value};
 
 /// What a helper process does (unset: the helper test does nothing).

@@ -343,7 +343,7 @@ fn capture_writes_a_pcap_per_link_with_the_checks_packets() {
     names.sort();
     assert_eq!(names, ["01-h1_eth0-sw0.pcap", "02-h2_eth0-sw0.pcap"]);
     let bytes = std::fs::read(dir.path().join(&names[0])).expect("pcap");
-    let packets = netbox::lab::capture::read_pcap(&bytes).expect("valid pcap");
+    let packets = netbox::sys::capture::read_pcap(&bytes).expect("valid pcap");
     // h1's link saw its SYN to h2:80 and the ICMP echo request h2 sent to it.
     let is_ipv4 = |f: &[u8]| f.len() > 34 && f[12..14] == [0x08, 0x00];
     let syn_to_80 = packets.iter().any(|(_, f)| {
@@ -448,7 +448,7 @@ fn run_capture_writes_the_sandbox_packets() {
         .expect("netbox run");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let packets =
-        netbox::lab::capture::read_pcap(&std::fs::read(&pcap).expect("pcap")).expect("valid pcap");
+        netbox::sys::capture::read_pcap(&std::fs::read(&pcap).expect("pcap")).expect("valid pcap");
     let syn = packets.iter().any(|(_, f)| {
         f.len() > 47
             && f[12..14] == [0x08, 0x00]

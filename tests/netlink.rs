@@ -1,8 +1,8 @@
 //! The netlink and netns modules against a real kernel, checked with `ip -j`.
 
 use crate::harness::{ip_json, link_names, private_host, sh};
-use netbox::netlink::{BridgeSpec, Netlink, NetlinkError, VethSpec};
-use netbox::netns::{self, NetNs};
+use netbox::sys::netlink::{BridgeSpec, Netlink, NetlinkError, VethSpec};
+use netbox::sys::netns::{self, NetNs};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

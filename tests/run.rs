@@ -320,8 +320,9 @@ fn sigkill_of_netbox_leaves_nothing_behind() {
         .map(|d| d.count() == 0)
         .unwrap_or(true));
     // The lease outlived netbox but names a dead owner: the next run reclaims it.
-    let store = netbox::ipam::Store::open(&netbox::ipam::store::default_data_dir(), "netbox")
-        .expect("store");
+    let store =
+        netbox::provision::leases::Store::open(&netbox::model::ipam::default_data_dir(), "netbox")
+            .expect("store");
     assert_eq!(store.leases().expect("leases").len(), 1);
     assert_ok(&run(&[], &["true"]));
     assert!(store.leases().expect("leases").is_empty());
@@ -338,8 +339,9 @@ fn failed_runs_leave_the_host_unchanged() {
     );
     wait_line(&mut out, "ready");
     let before = link_names();
-    let store = netbox::ipam::Store::open(&netbox::ipam::store::default_data_dir(), "netbox")
-        .expect("store");
+    let store =
+        netbox::provision::leases::Store::open(&netbox::model::ipam::default_data_dir(), "netbox")
+            .expect("store");
     // The address is taken by the first sandbox.
     let taken = run(&["--ip", "10.117.0.50"], &["true"]);
     assert_eq!(taken.status.code(), Some(125));
@@ -372,8 +374,9 @@ fn bridge_name_held_by_another_kind_of_link_is_refused() {
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("netbox0"), "{}", stderr(&out));
     assert_eq!(link_names(), before);
-    let store = netbox::ipam::Store::open(&netbox::ipam::store::default_data_dir(), "netbox")
-        .expect("store");
+    let store =
+        netbox::provision::leases::Store::open(&netbox::model::ipam::default_data_dir(), "netbox")
+            .expect("store");
     assert!(store.leases().expect("leases").is_empty());
 }
 
@@ -703,8 +706,11 @@ fn attach_failing_inside_the_sandbox_rolls_back_veth_and_lease() {
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     assert!(stderr(&out).contains("192.0.2.0/24"), "{}", stderr(&out));
     eventually("the veth to be rolled back", || host_veths().is_empty());
-    let store = netbox::ipam::Store::open(&netbox::ipam::store::default_data_dir(), "badroute")
-        .expect("store");
+    let store = netbox::provision::leases::Store::open(
+        &netbox::model::ipam::default_data_dir(),
+        "badroute",
+    )
+    .expect("store");
     assert!(store.leases().expect("leases").is_empty());
 }
 

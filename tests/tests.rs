@@ -1,6 +1,8 @@
 //! One integration-test binary (see README): each module is a feature area.
 mod harness;
 
+mod architecture;
+
 mod cni;
 mod firewall;
 mod ipam;

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Command, Stdio};
 
-use netbox::tuntap::{packet, vnet, Offloads, Queue, TunBuilder, VnetHeader};
+use netbox::sys::tuntap::{packet, vnet, Offloads, Queue, TunBuilder, VnetHeader};
 
 use crate::harness::{example, ip_json, link_names, netbox, private_host, sh};
 
@@ -159,7 +159,7 @@ fn tap_delivers_frames() {
         .expect("mac")
         .to_string();
     assert_eq!(
-        netbox::netlink::format_mac(&frame[6..12].try_into().expect("6")),
+        netbox::sys::netlink::format_mac(&frame[6..12].try_into().expect("6")),
         mac
     );
 }
@@ -281,7 +281,7 @@ fn ioctl_nonblocking(q: &Queue) {
 }
 
 /// A TUN with a virtio-net header and UDP segmentation offloads, addressed and up.
-fn uso_tun(name: &str, addr: &str) -> netbox::tuntap::Tun {
+fn uso_tun(name: &str, addr: &str) -> netbox::sys::tuntap::Tun {
     let tun = TunBuilder::tun()
         .name(name)
         .offloads(Offloads::CSUM | Offloads::USO4 | Offloads::USO6)

@@ -19,19 +19,16 @@ pub mod rules;
 pub mod sysctl;
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde_json::json;
 use thiserror::Error;
 
-use crate::ipam::Owner;
+use crate::model::owner::{self, Owner};
 
 /// What every netbox table name starts with.
-pub const TABLE_PREFIX: &str = "netbox-";
-/// Longest table name the kernel accepts (NFT_TABLE_MAXNAMELEN less the terminating NUL).
-const MAX_TABLE_NAME: usize = 255;
+pub use crate::model::owner::TABLE_PREFIX;
 /// The families netbox makes tables in.
 const FAMILIES: [&str; 2] = ["inet", "bridge"];
 
@@ -235,42 +232,14 @@ pub struct Applied {
     pub notices: Vec<String>,
 }
 
-/// The table name of an owner's tables: `netbox-` and the owner's key, where bytes outside
-/// nft's name alphabet (letters, digits, `.`, `-`, `/`) become `_XX`.
+/// The table name of an owner's tables (see [`owner::nft_table_name`]).
 pub fn table_name(owner: &Owner) -> Result<String, FirewallError> {
-    let key = owner
-        .key()
-        .map_err(|e| FirewallError::Config(e.to_string()))?;
-    let mut name = String::from(TABLE_PREFIX);
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"./-".contains(&b) {
-            name.push(char::from(b));
-        } else {
-            let _ = write!(name, "_{b:02X}");
-        }
-    }
-    if name.len() > MAX_TABLE_NAME {
-        return Err(FirewallError::Config(format!(
-            "{owner}: its key is too long to name an nft table"
-        )));
-    }
-    Ok(name)
+    owner::nft_table_name(owner).map_err(|e| FirewallError::Config(e.to_string()))
 }
 
 /// The owner a netbox table name stands for (None for other tables).
 pub fn owner_of_table(name: &str) -> Option<Owner> {
-    let encoded = name.strip_prefix(TABLE_PREFIX)?;
-    let mut key = Vec::with_capacity(encoded.len());
-    let mut bytes = encoded.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'_' {
-            let hex = [bytes.next()?, bytes.next()?];
-            key.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-        } else {
-            key.push(b);
-        }
-    }
-    Owner::from_key(std::str::from_utf8(&key).ok()?)
+    owner::owner_of_nft_table(name)
 }
 
 /// Installs the attachment's rules in one transaction, after turning on the kernel switches

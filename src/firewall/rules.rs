@@ -70,7 +70,7 @@ fn family(ip: IpAddr) -> (&'static str, &'static str) {
 }
 
 fn mac_string(mac: &[u8; 6]) -> String {
-    crate::netlink::format_mac(mac)
+    crate::sys::netlink::format_mac(mac)
 }
 
 /// The chains of the `inet` table.

@@ -10,8 +10,8 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use super::services::Services;
 use super::topology::{EndPlan, LinkPlan, Plan};
 use super::{BuildOptions, Lab, LabError, Result};
-use crate::netlink::{BridgeSpec, Link, NetemSpec, Netlink, TbfSpec, VethSpec, VxlanSpec};
-use crate::netns;
+use crate::sys::netlink::{BridgeSpec, Link, NetemSpec, Netlink, TbfSpec, VethSpec, VxlanSpec};
+use crate::sys::netns;
 
 /// Threads creating node namespaces.
 const NS_THREADS: usize = 4;
@@ -313,7 +313,7 @@ async fn fill_static_neighbors(conns: &Conns, plan: &Plan) -> Result<()> {
 
 async fn must_link(conn: &Netlink, name: &str) -> Result<Link> {
     conn.link_by_name(name).await?.ok_or_else(|| {
-        LabError::Netlink(crate::netlink::NetlinkError::LinkNotFound { name: name.into() })
+        LabError::Netlink(crate::sys::netlink::NetlinkError::LinkNotFound { name: name.into() })
     })
 }
 
@@ -427,9 +427,9 @@ fn enable_forwarding() -> Result<()> {
 /// namespace); programs in the node attach to it by name.
 pub fn create_tuntap(name: &str, tap: bool, owner: Option<u32>) -> Result<()> {
     let builder = if tap {
-        crate::tuntap::TunBuilder::tap()
+        crate::sys::tuntap::TunBuilder::tap()
     } else {
-        crate::tuntap::TunBuilder::tun()
+        crate::sys::tuntap::TunBuilder::tun()
     };
     let builder = builder.name(name);
     let builder = match owner {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::topology::{CheckPlan, Expect, Plan, Probe};
 use super::Result;
-use crate::netns::NetNs;
+use crate::sys::netns::NetNs;
 
 /// How long a probe waits for an answer: long enough for one retransmission of a lost SYN or
 /// ARP request (1 s each), so a reachable target never fails on a single lost packet.

@@ -155,15 +155,7 @@ pub fn lab_name(file: &Path) -> Result<(Topology, Plan)> {
 
 /// The start time of a process (clock ticks since boot), None when it is gone.
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    // Fields after the command: state is field 3; starttime is field 22.
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let state = fields.first()?;
-    if *state == "Z" || *state == "X" {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    crate::model::owner::process_start_time(u32::try_from(pid).ok()?)
 }
 
 /// The state of a lab whose holder is alive; a stale file is removed.
@@ -195,7 +187,7 @@ pub fn load_state(name: &str) -> Result<Option<LabState>> {
 fn cleanup_host_namespaces(state: &LabState) {
     if state.mode == Mode::Host {
         for ns in &state.namespaces {
-            let _ = crate::netns::delete_named(ns);
+            let _ = crate::sys::netns::delete_named(ns);
         }
     }
 }
@@ -252,10 +244,10 @@ pub fn up(
         Mode::Private => {
             let mut dirs = vec![];
             if root {
-                let _ = std::fs::create_dir_all(crate::netns::NETNS_RUN_DIR);
+                let _ = std::fs::create_dir_all(crate::sys::netns::NETNS_RUN_DIR);
             }
-            if Path::new(crate::netns::NETNS_RUN_DIR).is_dir() {
-                dirs.push(crate::netns::NETNS_RUN_DIR);
+            if Path::new(crate::sys::netns::NETNS_RUN_DIR).is_dir() {
+                dirs.push(crate::sys::netns::NETNS_RUN_DIR);
             } else {
                 // Rootless without /run/netns: a private /run holds it.
                 dirs.push("/run");
@@ -487,11 +479,13 @@ pub fn restore_cwd() {
 
 /// Opens the namespaces of a running lab's nodes (in the current mount namespace: call it on
 /// the host for `--host` labs, inside for private ones).
-pub fn open_nodes(plan: &Plan) -> Result<std::collections::BTreeMap<String, crate::netns::NetNs>> {
+pub fn open_nodes(
+    plan: &Plan,
+) -> Result<std::collections::BTreeMap<String, crate::sys::netns::NetNs>> {
     let mut out = std::collections::BTreeMap::new();
     for n in &plan.nodes {
-        let path = crate::netns::named_path(&build::node_ns_name(&plan.name, &n.name));
-        out.insert(n.name.clone(), crate::netns::NetNs::open(&path)?);
+        let path = crate::sys::netns::named_path(&build::node_ns_name(&plan.name, &n.name));
+        out.insert(n.name.clone(), crate::sys::netns::NetNs::open(&path)?);
     }
     Ok(out)
 }

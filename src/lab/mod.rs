@@ -8,7 +8,6 @@
 //! the lab's fabric namespace LAB--fabric, or inside a node when the file says so.
 
 pub mod build;
-pub mod capture;
 pub mod check;
 pub mod graph;
 pub mod holder;
@@ -24,7 +23,7 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use thiserror::Error;
 
-use crate::netns::{self, NetNs};
+use crate::sys::netns::{self, NetNs};
 pub use check::CheckResult;
 pub use topology::{Plan, Topology};
 
@@ -57,9 +56,9 @@ pub enum LabError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Netlink(#[from] crate::netlink::NetlinkError),
+    Netlink(#[from] crate::sys::netlink::NetlinkError),
     #[error(transparent)]
-    Netns(#[from] crate::netns::NetnsError),
+    Netns(#[from] crate::sys::netns::NetnsError),
     #[error("lab \"{name}\" is not up")]
     NotUp { name: String },
     #[error("lab \"{name}\" is already up (holder pid {pid})")]

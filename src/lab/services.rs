@@ -10,14 +10,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::topology::Listen;
-use super::{capture, BuildOptions, Lab, LabError, Result};
+use super::{BuildOptions, Lab, LabError, Result};
+use crate::sys::capture;
 
 #[derive(Default)]
 pub struct Services {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     /// Listener threads (inside their nodes).
-    listeners: Vec<JoinHandle<std::result::Result<(), crate::netns::NetnsError>>>,
+    listeners: Vec<JoinHandle<std::result::Result<(), crate::sys::netns::NetnsError>>>,
     /// Sockets to shut down so their threads wake up (raw numbers stay valid: each thread
     /// owns its socket until it exits, after the shutdown).
     wake: Vec<i32>,
@@ -97,13 +98,28 @@ impl Services {
                     super::topology::EndPlan::Node { node, iface } => (node, iface.name.clone()),
                     super::topology::EndPlan::Switch { .. } => continue,
                 };
-                let file = dir.join(capture::file_name(i, link));
-                let thread = capture::start(lab.node(ns_name)?, &ifname, &file, s.stop.clone())?;
+                let file = dir.join(capture_file_name(i, link));
+                let thread = capture::start(lab.node(ns_name)?, &ifname, &file, s.stop.clone())
+                    .map_err(|e| match e {
+                        capture::CaptureError::Netns(e) => LabError::Netns(e),
+                        capture::CaptureError::Io { what, source } => LabError::Io { what, source },
+                    })?;
                 s.threads.push(thread);
             }
         }
         Ok(s)
     }
+}
+
+/// The pcap file name of link number `index`.
+fn capture_file_name(index: usize, link: &super::topology::LinkPlan) -> String {
+    let clean = |s: String| s.replace([':', '/'], "_");
+    format!(
+        "{:02}-{}-{}.pcap",
+        index + 1,
+        clean(link.a.label()),
+        clean(link.b.label())
+    )
 }
 
 /// Binds one listener in the calling thread's namespace, reports it, and serves until stopped.
@@ -156,7 +172,7 @@ fn echo_responder(
     stop: &AtomicBool,
 ) {
     use std::os::fd::AsFd;
-    let queue = match crate::tuntap::TunBuilder::tun().name(dev).open() {
+    let queue = match crate::sys::tuntap::TunBuilder::tun().name(dev).open() {
         Ok(tun) => match tun.into_queues().into_iter().next() {
             Some(q) => q,
             None => {
@@ -183,7 +199,7 @@ fn echo_responder(
         let Ok(n) = queue.recv(&mut buf) else {
             continue;
         };
-        if let Some(reply) = crate::tuntap::packet::echo_reply(&buf[..n]) {
+        if let Some(reply) = crate::sys::tuntap::packet::echo_reply(&buf[..n]) {
             let _ = queue.send(&reply);
         }
     }

@@ -14,7 +14,7 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use super::LabError;
-use crate::ipam::range::{from_u128, subnet_bounds};
+use crate::model::ipam::range::{from_u128, subnet_bounds};
 
 type Result<T, E = LabError> = std::result::Result<T, E>;
 
@@ -621,7 +621,7 @@ pub fn resolve(topo: &Topology) -> Result<Plan> {
         };
         if node_names.contains(node) {
             if let Some(i) = &ifname {
-                crate::netlink::validate_ifname(i)?;
+                crate::sys::netlink::validate_ifname(i)?;
             }
             return Ok(RawEnd::Node {
                 node: node.to_string(),
@@ -817,7 +817,7 @@ pub fn resolve(topo: &Topology) -> Result<Plan> {
             .map(|t| &t.name)
             .chain(n.vxlan.iter().map(|v| &v.name))
         {
-            crate::netlink::validate_ifname(t)?;
+            crate::sys::netlink::validate_ifname(t)?;
             if !if_names.insert((n.name.clone(), t.clone())) {
                 return Err(LabError::Invalid(format!(
                     "node \"{}\" already has an interface \"{t}\"",

@@ -11,9 +11,9 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::netlink::{BridgeSpec, Link, Netlink, VethSpec};
-use crate::netns::NetNs;
-use crate::network::NetworkSpec;
+use crate::model::network::NetworkSpec;
+use crate::sys::netlink::{BridgeSpec, Link, Netlink, VethSpec};
+use crate::sys::netns::NetNs;
 use crate::{Error, Result};
 
 /// What to attach.
@@ -125,7 +125,7 @@ pub async fn attach_to_bridge(
         let (sandbox_link, gateways) = configure_sandbox(sandbox, network, spec).await?;
         // Looked up once its peer is up (see `create_veth_pair`).
         let host_link = host.link_by_name(&spec.host_ifname).await?.ok_or_else(|| {
-            crate::netlink::NetlinkError::LinkNotFound {
+            crate::sys::netlink::NetlinkError::LinkNotFound {
                 name: spec.host_ifname.clone(),
             }
         })?;
@@ -158,7 +158,7 @@ async fn configure_sandbox(
     // them in order, one socket being one queue).
     let (lo, link) = futures::join!(sandbox.loopback_up(), sandbox.link_by_name(&spec.ifname));
     lo?;
-    let link = link?.ok_or_else(|| crate::netlink::NetlinkError::LinkNotFound {
+    let link = link?.ok_or_else(|| crate::sys::netlink::NetlinkError::LinkNotFound {
         name: spec.ifname.clone(),
     })?;
     // Addresses, then up (the peer cannot be brought up in the request that creates it).
@@ -175,7 +175,7 @@ async fn configure_sandbox(
     let mut gateways = Vec::new();
     if network.is_default_gateway {
         for address in &spec.addresses {
-            if let Some(gw) = crate::network::gateway_for(network, address.ip()) {
+            if let Some(gw) = crate::model::network::gateway_for(network, address.ip()) {
                 let any = match gw {
                     IpAddr::V4(_) => IpNetwork::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
                     IpAddr::V6(_) => IpNetwork::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0),
@@ -193,7 +193,7 @@ async fn configure_sandbox(
             spec.addresses
                 .iter()
                 .filter(|a| a.is_ipv4() == dst.is_ipv4())
-                .find_map(|a| crate::network::gateway_for(network, a.ip()))
+                .find_map(|a| crate::model::network::gateway_for(network, a.ip()))
         });
         sandbox.add_route(&link, *dst, gw).await?;
     }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
-use crate::ipam::IpamConfig;
-use crate::netlink::Route;
+use crate::model::ipam::IpamConfig;
+use crate::sys::netlink::Route;
 use crate::{Error, Result};
 
 /// Name of the built-in network.

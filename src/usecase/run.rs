@@ -12,107 +12,23 @@
 //! removed when CMD ends by an nft transaction netbox does not wait for, and those of a run
 //! killed with SIGKILL are removed by the next run that makes rules (or by GC).
 
-use std::ffi::OsString;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
-use ipnetwork::IpNetwork;
-
-use crate::attach::{self, AttachSpec, Attachment};
-use crate::dns;
-use crate::firewall::{self, FirewallSpec, PortMapping};
-use crate::ipam::{Owner, Store};
-use crate::netlink::Netlink;
-use crate::netns::NetNs;
-use crate::network::{self, NetworkSpec};
-use crate::process::{self, NetSetup, PrivateFiles, SandboxSpec, UserSpec};
-use crate::tuntap::{TunBuilder, TunRequest};
+use crate::firewall::{self, FirewallSpec};
+use crate::model::network::{self, NetworkSpec};
+use crate::model::owner::Owner;
+use crate::process::{self, NetSetup};
+use crate::provision::address::allocate;
+use crate::provision::attach::{self, AttachSpec, Attachment};
+use crate::provision::command::{create_tuns, private_files, sandbox_spec, start_and_wait};
+use crate::provision::leases::Store;
+use crate::provision::publish;
+use crate::sys::netlink::Netlink;
+use crate::sys::netns::NetNs;
+use crate::sys::privilege::privileged;
 use crate::{Error, Result};
 
-/// How the sandbox is networked.
-#[derive(Debug, Clone)]
-pub enum NetMode {
-    /// Attached to a bridge network (built-in or from a conflist).
-    Bridge {
-        network: String,
-        subnet: Option<IpNetwork>,
-    },
-    /// Loopback only; works without privileges through a user namespace.
-    None,
-}
-
-/// Everything `netbox run` needs.
-#[derive(Debug, Clone)]
-pub struct RunSpec {
-    pub net: NetMode,
-    pub ips: Vec<IpNetwork>,
-    pub ifname: String,
-    pub mtu: Option<u32>,
-    pub mac: Option<[u8; 6]>,
-    pub hostname: Option<String>,
-    pub dns: Vec<IpAddr>,
-    pub program: OsString,
-    pub args: Vec<OsString>,
-    pub env: Vec<(OsString, OsString)>,
-    pub cwd: Option<PathBuf>,
-    pub keep_caps: Vec<caps::Capability>,
-    pub user: Option<UserSpec>,
-    /// `--name`: the sandbox appears as /run/netns/NAME while it lives.
-    pub name: Option<String>,
-    /// TUN devices made inside the sandbox before CMD starts (`--tun NAME[:ADDR/LEN]`).
-    pub tuns: Vec<TunRequest>,
-    /// Published ports (`-p`).
-    pub publish: Vec<PortMapping>,
-    /// Masquerade traffic leaving the network; None: the network's default (off for the
-    /// built-in network, the conflist's `ipMasq` otherwise).
-    pub masquerade: Option<bool>,
-    /// Only the gateway is reachable on the bridge.
-    pub isolate: bool,
-    /// The sandbox cannot reach the host's own addresses.
-    pub block_host: bool,
-    /// Write the sandbox interface's packets to this pcap file (bridge networking only).
-    pub capture: Option<PathBuf>,
-}
-
-impl RunSpec {
-    /// `program args` on the built-in network with everything else as `netbox run` defaults
-    /// it; set the fields that differ.
-    pub fn command(program: impl Into<OsString>, args: Vec<OsString>) -> RunSpec {
-        RunSpec {
-            net: NetMode::Bridge {
-                network: network::DEFAULT_NETWORK.into(),
-                subnet: None,
-            },
-            ips: vec![],
-            ifname: "eth0".into(),
-            mtu: None,
-            mac: None,
-            hostname: None,
-            dns: vec![],
-            program: program.into(),
-            args,
-            env: vec![],
-            cwd: None,
-            keep_caps: vec![],
-            user: None,
-            name: None,
-            tuns: vec![],
-            publish: vec![],
-            masquerade: None,
-            isolate: false,
-            block_host: false,
-            capture: None,
-        }
-    }
-}
-
-/// True when netbox can build bridge networks: it needs CAP_NET_ADMIN for netlink and
-/// CAP_SYS_ADMIN for namespaces, in the initial user namespace.
-pub fn privileged() -> bool {
-    use caps::{has_cap, CapSet, Capability};
-    has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN).unwrap_or(false)
-        && has_cap(None, CapSet::Effective, Capability::CAP_SYS_ADMIN).unwrap_or(false)
-}
+pub use crate::provision::command::{exec_in, NetMode, RunSpec};
 
 /// Runs the command and returns its shell-style exit code. Call it from the main thread before
 /// any other thread exists: it blocks the forwarded signals for the whole process.
@@ -155,17 +71,17 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
     // File system work first: while the child copies the mount table (unshare(CLONE_NEWNS))
     // path lookups here stall, reading /proc/self/stat for half a millisecond.
-    let store = Store::open(&data_dir(network), &network.name)?;
+    let store = Store::open(&network.ipam.data_dir(), &network.name)?;
     let owner = Owner::current_process()?;
     if let Some(name) = &spec.name {
-        crate::netns::validate_name(name)?;
+        crate::sys::netns::validate_name(name)?;
     }
     // Named sandboxes of runs that were killed: their namespace mounts would keep them alive.
-    crate::gc::reap_dead_runs();
+    publish::reap_dead_runs();
     // Then fork: the child creates the namespace (about half a millisecond in the kernel)
     // while this process checks the host and allocates addresses.
     let mut child = process::prepare(&sandbox_spec(spec, NetSetup::New))?;
-    let wired = runtime()?.block_on(async {
+    let wired = crate::sys::runtime::current_thread()?.block_on(async {
         let host = Netlink::connect()?;
         let (mut bridge, routes) =
             futures::try_join!(host.link_by_name(&network.bridge), host.routes())?;
@@ -196,13 +112,13 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
             routes: network.ipam.routes.iter().map(|r| (r.dst, r.gw)).collect(),
             mtu: spec.mtu,
             mac: spec.mac,
-            owner: crate::state::alias(&network.name, &owner)?,
+            owner: crate::model::owner::alias(&network.name, &owner)?,
         };
         let attached: Attachment =
             attach::attach_to_bridge(&host, &sandbox, &ns, network, &bridge, &attach_spec).await?;
         create_tuns(spec, &sandbox, &ns).await?;
         let named = match &spec.name {
-            Some(name) => Some(crate::named::publish_run(
+            Some(name) => Some(publish::publish_run(
                 name,
                 network,
                 &owner,
@@ -230,7 +146,7 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
             Ok(has_rules) => Ok((attached, named, has_rules, ns)),
             Err(e) => {
                 if let Some(record) = &named {
-                    crate::named::unpublish_run(record);
+                    publish::unpublish_run(record);
                 }
                 Err(e)
             }
@@ -249,12 +165,12 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     let capture = match &spec.capture {
         Some(path) => {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            match crate::lab::capture::start(&ns, &spec.ifname, path, stop.clone()) {
+            match crate::sys::capture::start(&ns, &spec.ifname, path, stop.clone()) {
                 Ok(thread) => Some((stop, thread)),
                 Err(e) => {
                     drop(child);
                     if let Some(record) = &named {
-                        crate::named::unpublish_run(record);
+                        publish::unpublish_run(record);
                     }
                     if has_rules {
                         let _ = firewall::remove(&owner);
@@ -275,7 +191,7 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     }
     phase("command ended");
     if let Some(record) = named {
-        crate::named::unpublish_run(&record);
+        publish::unpublish_run(&record);
     }
     // Unlike the veth, rules outlive the namespace: they go now, with those of runs that died
     // without removing theirs (found by owner), in a transaction left to finish on its own.
@@ -338,142 +254,15 @@ fn conflist_ip_masq(path: &std::path::Path) -> bool {
     })
 }
 
-pub(crate) fn allocate(
-    store: &Store,
-    network: &NetworkSpec,
-    owner: &Owner,
-    ips: &[IpNetwork],
-) -> Result<Vec<IpNetwork>> {
-    for ip in ips {
-        let fits = network.subnets().iter().any(|s| {
-            s.contains(ip.ip())
-                && (ip.prefix() == s.prefix() || ip.prefix() == if ip.is_ipv4() { 32 } else { 128 })
-        });
-        if !fits {
-            return Err(Error::Config(format!(
-                "--ip {ip}: not in network \"{}\" ({})",
-                network.name,
-                network
-                    .subnets()
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    }
-    let requested: Vec<IpAddr> = ips.iter().map(|i| i.ip()).collect();
-    let leases = store.allocate(&network.ipam, owner, &requested)?;
-    Ok(leases.into_iter().map(|a| a.address).collect())
-}
-
-/// Runs the command in an existing namespace (`netbox exec`), with the same private files,
-/// hostname, capabilities and exit codes as `netbox run`; `addrs` name the host in its hosts
-/// file. Call it from the main thread before any other thread exists.
-pub fn exec_in(spec: &RunSpec, ns: &NetNs, addrs: &[IpAddr]) -> Result<i32> {
-    process::block_forwarded_signals()?;
-    let child = process::prepare(&sandbox_spec(spec, NetSetup::Join(ns.try_clone_fd()?)))?;
-    start_and_wait(child, &private_files(spec, addrs))
-}
-
 fn exec(spec: &RunSpec, net: NetSetup) -> Result<i32> {
     let mut child = process::prepare(&sandbox_spec(spec, net))?;
     if !spec.tuns.is_empty() {
         let (ns, socket) = child.take_network()?;
-        runtime()?.block_on(async {
+        crate::sys::runtime::current_thread()?.block_on(async {
             let ns = NetNs::from_fd(ns)?;
             let sandbox = Netlink::from_fd(socket)?;
             create_tuns(spec, &sandbox, &ns).await
         })?;
     }
     start_and_wait(child, &private_files(spec, &[]))
-}
-
-/// Makes the `--tun` devices inside the sandbox: persistent (CMD attaches by name), owned by
-/// the user CMD runs as, addressed and up. They die with the namespace.
-async fn create_tuns(spec: &RunSpec, sandbox: &Netlink, ns: &NetNs) -> Result<()> {
-    // CMD runs without CAP_NET_ADMIN: only ownership lets it attach, even as root.
-    let (uid, gid) = match spec.user.clone().or_else(UserSpec::from_sudo_env) {
-        Some(user) => (user.uid, user.gid),
-        None => (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        ),
-    };
-    for request in &spec.tuns {
-        let builder = TunBuilder::tun().name(&request.name).owner(uid).group(gid);
-        let name = ns.run_in(move || builder.create_persistent())??;
-        let link = sandbox
-            .link_by_name(&name)
-            .await?
-            .ok_or_else(|| crate::netlink::NetlinkError::LinkNotFound { name: name.clone() })?;
-        if let Some(address) = request.address {
-            sandbox.add_address(&link, address).await?;
-        }
-        sandbox.set_up(link.index, &name).await?;
-    }
-    Ok(())
-}
-
-/// Starts the prepared child unless a forwarded signal came during set-up (blocked until now):
-/// then CMD never starts and netbox ends as if it had been killed by that signal.
-fn start_and_wait(child: process::Pending, files: &PrivateFiles) -> Result<i32> {
-    if let Some(sig) = process::take_pending_signal() {
-        drop(child);
-        return Ok(128 + sig as i32);
-    }
-    Ok(child.start(files)?.wait()?)
-}
-
-fn sandbox_spec(spec: &RunSpec, net: NetSetup) -> SandboxSpec {
-    SandboxSpec {
-        program: spec.program.clone(),
-        args: spec.args.clone(),
-        net,
-        hostname: spec.hostname.clone(),
-        private_files: true,
-        env: spec.env.clone(),
-        cwd: spec.cwd.clone(),
-        keep_caps: spec.keep_caps.clone(),
-        user: spec.user.clone().or_else(UserSpec::from_sudo_env),
-        tun_access: !spec.tuns.is_empty(),
-    }
-}
-
-/// The sandbox's resolv.conf and hosts (naming it on its addresses).
-fn private_files(spec: &RunSpec, addrs: &[IpAddr]) -> PrivateFiles {
-    let resolv = dns::host_resolv_conf(&spec.dns);
-    for warning in &resolv.warnings {
-        eprintln!("netbox: warning: {warning}");
-    }
-    let hostname = spec.hostname.clone().unwrap_or_else(host_hostname);
-    PrivateFiles {
-        resolv_conf: resolv.content.into_bytes(),
-        hosts: dns::hosts(&hostname, addrs).into_bytes(),
-    }
-}
-
-fn host_hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-pub fn data_dir(network: &NetworkSpec) -> PathBuf {
-    network
-        .ipam
-        .data_dir
-        .clone()
-        .unwrap_or_else(crate::ipam::store::default_data_dir)
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|source| Error::Io {
-            context: "starting the netlink runtime".into(),
-            source,
-        })
 }

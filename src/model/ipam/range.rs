@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
-use super::config::Range;
+use super::IpamError;
 
 /// An address as a number, so that v4 and v6 share one arithmetic.
 pub fn to_u128(ip: IpAddr) -> u128 {
@@ -54,6 +54,78 @@ pub fn default_bounds(subnet: IpNetwork) -> (u128, u128) {
     }
     let last = if subnet.is_ipv4() { last - 1 } else { last };
     (first + 1, last)
+}
+
+/// A contiguous range of addresses inside one subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    /// The subnet, normalized to its network address.
+    pub subnet: IpNetwork,
+    pub range_start: IpAddr,
+    pub range_end: IpAddr,
+    pub gateway: Option<IpAddr>,
+}
+
+impl Range {
+    /// A range with host-local's defaults: start after the network address, end before the
+    /// (IPv4) broadcast address, gateway the first address.
+    pub fn new(
+        subnet: IpNetwork,
+        start: Option<IpAddr>,
+        end: Option<IpAddr>,
+        gateway: Option<IpAddr>,
+    ) -> Result<Range, IpamError> {
+        let subnet =
+            IpNetwork::new(subnet.network(), subnet.prefix()).map_err(|e| IpamError::BadCidr {
+                value: subnet.to_string(),
+                reason: e.to_string(),
+            })?;
+        // host-local refuses these too: a /31 or /32 (/127, /128) has no room for a gateway
+        // and a sandbox besides the network address.
+        let max = if subnet.is_ipv4() { 32 } else { 128 };
+        if subnet.prefix() > max - 2 {
+            return Err(IpamError::SubnetTooSmall { subnet });
+        }
+        let (first, last) = default_bounds(subnet);
+        let inside = |ip: IpAddr| ip.is_ipv4() == subnet.is_ipv4() && subnet.contains(ip);
+        for (what, ip) in [
+            ("rangeStart", start),
+            ("rangeEnd", end),
+            ("gateway", gateway),
+        ] {
+            if let Some(ip) = ip {
+                if !inside(ip) {
+                    return Err(IpamError::OutsideSubnet {
+                        field: what,
+                        ip,
+                        subnet,
+                    });
+                }
+            }
+        }
+        // host-local's default gateway: the first address after the network address.
+        let gateway = Some(gateway.unwrap_or_else(|| from_u128(subnet.network(), first)));
+        let range_start = start.unwrap_or_else(|| from_u128(subnet.network(), first));
+        let range_end = end.unwrap_or_else(|| from_u128(subnet.network(), last));
+        if to_u128(range_start) > to_u128(range_end) {
+            return Err(IpamError::StartAfterEnd {
+                start: range_start,
+                end: range_end,
+            });
+        }
+        Ok(Range {
+            subnet,
+            range_start,
+            range_end,
+            gateway,
+        })
+    }
+
+    pub(crate) fn overlaps(&self, other: &Range) -> bool {
+        self.subnet.is_ipv4() == other.subnet.is_ipv4()
+            && to_u128(self.range_start) <= to_u128(other.range_end)
+            && to_u128(other.range_start) <= to_u128(self.range_end)
+    }
 }
 
 impl Range {

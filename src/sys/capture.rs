@@ -1,6 +1,7 @@
-//! Packet capture: one classic pcap file (LINKTYPE_ETHERNET) per link, read by tcpdump and
-//! Wireshark, written from an AF_PACKET socket bound to the link's interface inside its node.
-//! Each record is written whole, so the file is readable while the lab runs.
+//! Packet capture: a classic pcap file (LINKTYPE_ETHERNET), read by tcpdump and Wireshark,
+//! written from an AF_PACKET socket bound to one interface inside a namespace. Each record is
+//! written whole, so the file is readable while the capture runs. Used by `netbox run
+//! --capture` and by labs (one file per link).
 
 use std::fs::File;
 use std::io::Write;
@@ -11,23 +12,26 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::topology::LinkPlan;
-use super::{LabError, Result};
-use crate::netns::NetNs;
+use thiserror::Error;
+
+use crate::sys::netns::{NetNs, NetnsError};
 
 const LINKTYPE_ETHERNET: u32 = 1;
 pub const SNAPLEN: u32 = 262_144;
 
-/// The pcap file name of link number `index`.
-pub fn file_name(index: usize, link: &LinkPlan) -> String {
-    let clean = |s: String| s.replace([':', '/'], "_");
-    format!(
-        "{:02}-{}-{}.pcap",
-        index + 1,
-        clean(link.a.label()),
-        clean(link.b.label())
-    )
+#[derive(Debug, Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
+
+type Result<T, E = CaptureError> = std::result::Result<T, E>;
 
 /// The 24-byte pcap file header.
 pub fn file_header() -> [u8; 24] {
@@ -102,7 +106,7 @@ pub fn open_socket(ns: &NetNs, ifname: &str) -> Result<OwnedFd> {
         };
         Ok(fd)
     })?
-    .map_err(|source| LabError::Io {
+    .map_err(|source| CaptureError::Io {
         what: format!("opening a capture socket on \"{ifname}\""),
         source,
     })
@@ -116,12 +120,12 @@ pub fn start(
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>> {
     let fd = open_socket(ns, ifname)?;
-    let mut file = File::create(path).map_err(|source| LabError::Io {
+    let mut file = File::create(path).map_err(|source| CaptureError::Io {
         what: format!("creating {}", path.display()),
         source,
     })?;
     file.write_all(&file_header())
-        .map_err(|source| LabError::Io {
+        .map_err(|source| CaptureError::Io {
             what: format!("writing {}", path.display()),
             source,
         })?;

@@ -1,12 +1,11 @@
-//! IP address management: host-local's configuration, netbox's own crash-safe store.
+//! IP address management, the model: host-local's configuration and address arithmetic.
 //!
 //! `config` validates what a conflist or the command line asks for, `range` is the pure
-//! arithmetic of which addresses may be handed out, `store` keeps leases on disk (see its module
-//! comment for why allocation cost does not grow with the number of leases).
+//! arithmetic of which addresses may be handed out. The leases themselves are kept by
+//! `provision::leases`.
 
 pub mod config;
 pub mod range;
-pub mod store;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -14,8 +13,8 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use thiserror::Error;
 
-pub use config::{IpamConfig, Range, RangeSet, RouteSpec};
-pub use store::{process_start_time, Allocation, Lease, Owner, Store};
+pub use config::{default_data_dir, IpamConfig, RangeSet, RouteSpec};
+pub use range::Range;
 
 #[derive(Debug, Error)]
 pub enum IpamError {

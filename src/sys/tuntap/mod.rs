@@ -4,9 +4,9 @@
 //! virtio-net headers and GSO offloads ([`vnet`]).
 //!
 //! Everything acts in the calling thread's network namespace: to make a device inside another
-//! namespace, build it in [`crate::netns::NetNs::run_in`]; the descriptors stay bound to that
+//! namespace, build it in [`crate::sys::netns::NetNs::run_in`]; the descriptors stay bound to that
 //! device after the thread is gone. Addresses, routes and link state go through
-//! [`crate::netlink`].
+//! [`crate::sys::netlink`].
 
 pub mod device;
 pub mod ioctl;
@@ -335,7 +335,7 @@ fn clone_device_error(source: io::Error) -> TuntapError {
 
 /// Checks a device name before it reaches the kernel (`%d` templates allowed).
 pub fn validate_name(name: &str) -> Result<()> {
-    match crate::netlink::ifname_problem(name) {
+    match crate::sys::netlink::ifname_problem(name) {
         None => Ok(()),
         Some(reason) => Err(TuntapError::InvalidName {
             name: name.to_string(),

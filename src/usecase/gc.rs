@@ -22,11 +22,13 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::ipam::{Lease, Owner, Store};
-use crate::netlink::{Link, Netlink};
-use crate::netns;
-use crate::state::{self, Kind, Lock, Phase, Record};
-use crate::{named, network, sandbox};
+use crate::model::network;
+use crate::model::owner::Owner;
+use crate::provision::leases::{Lease, Store};
+use crate::provision::publish;
+use crate::provision::records::{self, Kind, Lock, Phase, Record};
+use crate::sys::netlink::{Link, Netlink};
+use crate::sys::netns;
 use crate::{Error, Result};
 
 /// One thing gc removed (or would remove, with --dry-run).
@@ -56,8 +58,9 @@ struct View {
 
 impl View {
     fn read(locked: bool) -> Result<View> {
-        let records = state::list()?;
-        let links = sandbox::runtime()?.block_on(async { Netlink::connect()?.links().await })?;
+        let records = records::list()?;
+        let links = crate::sys::runtime::current_thread()?
+            .block_on(async { Netlink::connect()?.links().await })?;
         Ok(View {
             records,
             links,
@@ -108,11 +111,11 @@ impl View {
     /// and of known conflists. Only directories that hold a netbox store are opened.
     fn stores(&self) -> Vec<Store> {
         let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-        dirs.insert(crate::ipam::store::default_data_dir());
+        dirs.insert(crate::model::ipam::default_data_dir());
         dirs.extend(self.records.iter().map(|r| r.data_dir.clone()));
         for net in network::list(&network::conf_dirs()) {
             if let Ok(spec) = net.spec {
-                dirs.insert(sandbox::data_dir(&spec));
+                dirs.insert(spec.ipam.data_dir());
             }
         }
         let mut out = Vec::new();
@@ -139,7 +142,7 @@ impl View {
 fn link_owner(link: &Link) -> Option<Owner> {
     link.alias
         .as_deref()
-        .and_then(state::parse_alias)
+        .and_then(crate::model::owner::parse_alias)
         .map(|(_, o)| o)
 }
 
@@ -161,7 +164,7 @@ pub fn gc(dry_run: bool) -> Result<Report> {
             }),
             Err(e) => report.errors.push(format!("{kind} {name}: {e}")),
         };
-    let rt = sandbox::runtime()?;
+    let rt = crate::sys::runtime::current_thread()?;
     let host = rt.block_on(async { Netlink::connect() })?;
 
     // Host veths whose alias names a gone owner.
@@ -195,7 +198,7 @@ pub fn gc(dry_run: bool) -> Result<Report> {
         let r = if dry_run {
             Ok(())
         } else {
-            named::remove_named_ns(record)
+            publish::remove_named_ns(record)
         };
         if r.is_err() || dry_run || !path.exists() {
             note(
@@ -304,44 +307,15 @@ pub fn gc(dry_run: bool) -> Result<Report> {
             r,
         );
     }
-    for tmp in state::dead_tmp_files() {
+    for tmp in records::dead_tmp_files() {
         let r = if dry_run {
             Ok(())
         } else {
-            state::remove_tmp(&tmp)
+            records::remove_tmp(&tmp)
         };
         note(&mut report, "tmp", tmp.display().to_string(), None, r);
     }
     Ok(report)
-}
-
-/// Removes the names of `netbox run --name` sandboxes whose run was killed: their namespace
-/// mount would keep the namespace (and its veth) alive. Called at every run; cheap when there
-/// are no named sandboxes. Never fails the run.
-pub fn reap_dead_runs() {
-    let Ok(entries) = std::fs::read_dir(state::run_dir().join("sandboxes")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        let Ok(Some(record)) = state::load_sandbox(name) else {
-            continue;
-        };
-        if record.kind == Kind::Run && !record.owner.is_alive() {
-            if let Err(e) = named::remove_named_ns(&record).and_then(|()| record.remove()) {
-                tracing::warn!(%e, "removing the name of a killed run's sandbox {name}");
-            }
-        }
-    }
-    for tmp in state::dead_tmp_files() {
-        let _ = state::remove_tmp(&tmp);
-    }
 }
 
 /// One sandbox or attachment in `netbox ls`.
@@ -397,7 +371,7 @@ pub fn ls() -> Result<Listing> {
         Kind::Run => "run",
         Kind::Cni => "cni",
     };
-    let now = state::now();
+    let now = records::now();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     for r in &view.records {
         let stale = view.record_stale(r);
@@ -442,7 +416,11 @@ pub fn ls() -> Result<Listing> {
     }
     // Attachments known by their veth only: unnamed runs, CNI attachments without a record.
     for link in &view.links {
-        let Some((network, owner)) = link.alias.as_deref().and_then(state::parse_alias) else {
+        let Some((network, owner)) = link
+            .alias
+            .as_deref()
+            .and_then(crate::model::owner::parse_alias)
+        else {
             continue;
         };
         let key = owner_text(&owner);

@@ -24,7 +24,7 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use thiserror::Error;
 
-use crate::netns::NetNs;
+use crate::sys::netns::NetNs;
 
 mod neigh;
 mod tc;
@@ -144,7 +144,7 @@ pub struct Netlink {
 #[derive(Debug)]
 pub struct PendingConnection(
     std::thread::JoinHandle<
-        std::result::Result<io::Result<netlink_sys::Socket>, crate::netns::NetnsError>,
+        std::result::Result<io::Result<netlink_sys::Socket>, crate::sys::netns::NetnsError>,
     >,
 );
 
@@ -154,7 +154,7 @@ impl PendingConnection {
         let socket = self
             .0
             .join()
-            .map_err(|_| crate::netns::NetnsError::Thread("panicked".into()))??
+            .map_err(|_| crate::sys::netns::NetnsError::Thread("panicked".into()))??
             .map_err(NetlinkError::Socket)?;
         Ok(Netlink::from_socket(socket)?)
     }

@@ -18,18 +18,15 @@ use super::conf::{Command, Env, Ipam, NetConf};
 use super::delegate;
 use super::result::{CniResult, Dns, Interface, IpConfig, RouteEntry};
 use super::{code, CniError, VersionResult};
-use crate::attach::{self, AttachSpec};
 use crate::firewall::{self, FirewallSpec};
-use crate::ipam::{IpamConfig, Owner, Range, Store};
-use crate::netlink::{Link, Netlink};
-use crate::netns::NetNs;
-use crate::network::NetworkSpec;
-use crate::state;
-
-/// What every host veth alias of netbox-cni starts with.
-pub const ALIAS_PREFIX: &str = "netbox-cni:";
-/// Longest alias the kernel keeps (IFALIASZ - 1).
-const MAX_ALIAS: usize = 255;
+use crate::model::ipam::{IpamConfig, Range};
+use crate::model::network::NetworkSpec;
+use crate::model::owner::{cni_alias, cni_host_ifname, Owner, CNI_ALIAS_PREFIX};
+use crate::provision::attach::{self, AttachSpec};
+use crate::provision::leases::Store;
+use crate::provision::records;
+use crate::sys::netlink::{Link, Netlink};
+use crate::sys::netns::NetNs;
 
 /// Runs the operation `env.command` asks for; the JSON to print, if any.
 pub fn execute(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, CniError> {
@@ -43,26 +40,6 @@ pub fn execute(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>,
             .map(Some)
             .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string())),
     }
-}
-
-/// The host end's name: "veth" and 11 hex digits (44 bits) of a hash of the attachment, so DEL
-/// and GC find it without state. FNV-1a is fixed by its definition: the name of an attachment
-/// made by one build is the one a later build looks for.
-pub fn host_ifname(container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("veth{:011x}", h >> 20)
-}
-
-/// The owner recorded on the host veth (what `ip link` shows as its alias).
-pub fn host_alias(network: &str, container_id: &str, ifname: &str) -> String {
-    let mut alias = format!("{ALIAS_PREFIX}{network}:{container_id}:{ifname}");
-    // Everything in it is ASCII (validated), so any cut is on a character boundary.
-    alias.truncate(MAX_ALIAS);
-    alias
 }
 
 fn owner(env: &Env) -> Owner {
@@ -82,7 +59,7 @@ fn firewall_spec(
     let mut spec = FirewallSpec::new(
         owner(env),
         &conf.bridge,
-        &host_ifname(&env.container_id, &env.ifname),
+        &cni_host_ifname(&env.container_id, &env.ifname),
     );
     spec.mac = mac;
     spec.addresses = addresses;
@@ -96,25 +73,11 @@ fn firewall_spec(
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| {
-            CniError::new(
-                code::IO_FAILURE,
-                format!("starting the netlink runtime: {e}"),
-            )
-        })
-}
-
-fn data_dir(cfg: &IpamConfig) -> PathBuf {
-    cfg.data_dir
-        .clone()
-        .unwrap_or_else(crate::ipam::store::default_data_dir)
+    Ok(crate::sys::runtime::current_thread()?)
 }
 
 fn open_store(conf: &NetConf, cfg: &IpamConfig) -> Result<Store, CniError> {
-    Ok(Store::open(&data_dir(cfg), &conf.name)?)
+    Ok(Store::open(&cfg.data_dir(), &conf.name)?)
 }
 
 fn netns_of(env: &Env, missing_code: u32) -> Result<(NetNs, String), CniError> {
@@ -198,9 +161,9 @@ fn ranges_of(addresses: &[(IpNetwork, Option<IpAddr>)]) -> IpamConfig {
         .iter()
         .map(|(addr, gw)| {
             let subnet = IpNetwork::new(addr.network(), addr.prefix()).unwrap_or(*addr);
-            let first = crate::ipam::range::from_u128(
+            let first = crate::model::ipam::range::from_u128(
                 subnet.network(),
-                crate::ipam::range::to_u128(subnet.network()) + 1,
+                crate::model::ipam::range::to_u128(subnet.network()) + 1,
             );
             vec![Range {
                 subnet,
@@ -240,14 +203,14 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
     }
     // gc waits while an ADD is at work, and the record says what this one makes before it
     // makes anything (see `state`).
-    let _lock = state::Lock::shared().map_err(io_failure)?;
-    let previous = state::load_cni(&owner(env)).ok().flatten();
+    let _lock = records::Lock::shared().map_err(io_failure)?;
+    let previous = records::load_cni(&owner(env)).ok().flatten();
     let mut record = cni_record(env, conf, &ns, &ns_path)?;
     record.save().map_err(io_failure)?;
     let added = add_recorded(env, conf, stdin, inside, &ns, &ns_path, start);
     let kept = match &added {
         Ok(result) => {
-            record.phase = state::Phase::Ready;
+            record.phase = records::Phase::Ready;
             record.addresses = result.ips.iter().map(|i| i.address.to_string()).collect();
             record.save()
         }
@@ -272,27 +235,27 @@ fn cni_record(
     conf: &NetConf,
     ns: &NetNs,
     ns_path: &str,
-) -> Result<state::Record, CniError> {
+) -> Result<records::Record, CniError> {
     let owner = owner(env);
-    Ok(state::Record {
-        kind: state::Kind::Cni,
+    Ok(records::Record {
+        kind: records::Kind::Cni,
         name: owner.key()?,
         network: conf.name.clone(),
         data_dir: match &conf.ipam {
-            Ipam::Builtin(cfg) => data_dir(cfg),
-            _ => crate::ipam::store::default_data_dir(),
+            Ipam::Builtin(cfg) => cfg.data_dir(),
+            _ => crate::model::ipam::default_data_dir(),
         },
         owner,
-        phase: state::Phase::Creating,
+        phase: records::Phase::Creating,
         writer: Owner::current_process()?,
         netns: PathBuf::from(ns_path),
         netns_inode: Some(
             ns.inode()
                 .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string()))?,
         ),
-        host_ifname: host_ifname(&env.container_id, &env.ifname),
+        host_ifname: cni_host_ifname(&env.container_id, &env.ifname),
         addresses: vec![],
-        created: state::now(),
+        created: records::now(),
     })
 }
 
@@ -300,7 +263,7 @@ fn add_recorded(
     env: &Env,
     conf: &NetConf,
     stdin: &[u8],
-    inside: crate::netlink::PendingConnection,
+    inside: crate::sys::netlink::PendingConnection,
     ns: &NetNs,
     ns_path: &str,
     start: std::time::Instant,
@@ -311,8 +274,8 @@ fn add_recorded(
         let host = Netlink::connect()?;
         let sandbox = inside.finish()?;
         phase("connected");
-        let host_ifname = host_ifname(&env.container_id, &env.ifname);
-        let alias = host_alias(&conf.name, &env.container_id, &env.ifname);
+        let host_ifname = cni_host_ifname(&env.container_id, &env.ifname);
+        let alias = cni_alias(&conf.name, &env.container_id, &env.ifname);
         let (inside, bridge, existing) = futures::try_join!(
             sandbox.link_by_name(&env.ifname),
             host.link_by_name(&conf.bridge),
@@ -444,7 +407,7 @@ async fn wire(
         .into_iter()
         .partition(|(dst, _)| later(dst.is_ipv6()));
     let spec = AttachSpec {
-        host_ifname: host_ifname(&env.container_id, &env.ifname),
+        host_ifname: cni_host_ifname(&env.container_id, &env.ifname),
         ifname: env.ifname.clone(),
         addresses: addressing
             .addresses
@@ -455,7 +418,7 @@ async fn wire(
         routes,
         mtu: conf.mtu,
         mac: conf.mac,
-        owner: host_alias(&conf.name, &env.container_id, &env.ifname),
+        owner: cni_alias(&conf.name, &env.container_id, &env.ifname),
     };
     let mut attached =
         attach::attach_to_bridge(host, sandbox, ns, &network, &bridge, &spec).await?;
@@ -583,10 +546,10 @@ fn chain(prev: &CniResult, mut ours: CniResult) -> CniResult {
 /// helper process (see [`REAP_ENV`]) that the runtime does not wait for. When the helper
 /// cannot be started, the veth is deleted here.
 fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
-    let name = host_ifname(&env.container_id, &env.ifname);
+    let name = cni_host_ifname(&env.container_id, &env.ifname);
     // DEL must succeed whatever the state directory's condition: the lock only keeps gc from
     // judging this attachment mid-way, and gc removing it too is harmless.
-    let _lock = state::Lock::shared()
+    let _lock = records::Lock::shared()
         .map_err(|e| tracing::warn!(%e, "DEL without the lifecycle lock"))
         .ok();
     let veth = runtime().and_then(|rt| {
@@ -596,7 +559,7 @@ fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                 if link
                     .alias
                     .as_deref()
-                    .is_some_and(|a| a.starts_with(ALIAS_PREFIX))
+                    .is_some_and(|a| a.starts_with(CNI_ALIAS_PREFIX))
                 {
                     host.set_down(&link).await?;
                     if !spawn_reaper(&link) {
@@ -622,7 +585,7 @@ fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         // Once the attachment is gone; a DEL that failed is retried by the runtime, or the
         // record lets gc finish it.
         if let Ok(key) = owner(env).key() {
-            if let Err(e) = std::fs::remove_file(state::record_path(state::Kind::Cni, &key)) {
+            if let Err(e) = std::fs::remove_file(records::record_path(records::Kind::Cni, &key)) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(%e, "removing the attachment's record");
                 }
@@ -666,7 +629,7 @@ pub fn reap(job: &str) -> Result<(), CniError> {
             let ours = link
                 .alias
                 .as_deref()
-                .is_some_and(|a| a.starts_with(ALIAS_PREFIX));
+                .is_some_and(|a| a.starts_with(CNI_ALIAS_PREFIX));
             if ours && link.name == name {
                 host.delete_link_index(link.index, &link.name).await?;
             }
@@ -687,7 +650,7 @@ fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         .as_ref()
         .ok_or_else(|| CniError::config("CHECK needs prevResult"))?;
     let (ns, ns_path) = netns_of(env, code::UNKNOWN_CONTAINER)?;
-    let host_name = host_ifname(&env.container_id, &env.ifname);
+    let host_name = cni_host_ifname(&env.container_id, &env.ifname);
     runtime()?.block_on(async {
         let host = Netlink::connect()?;
         let sandbox = Netlink::connect_in(&ns)?;
@@ -794,9 +757,9 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     let keep: HashSet<String> = conf
         .valid_attachments
         .iter()
-        .map(|(id, ifname)| host_ifname(id, ifname))
+        .map(|(id, ifname)| cni_host_ifname(id, ifname))
         .collect();
-    let prefix = format!("{ALIAS_PREFIX}{}:", conf.name);
+    let prefix = format!("{CNI_ALIAS_PREFIX}{}:", conf.name);
     let veths = runtime().and_then(|rt| {
         rt.block_on(async {
             let host = Netlink::connect()?;
@@ -824,7 +787,7 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                     else {
                         continue;
                     };
-                    let veth = host_ifname(container_id, ifname);
+                    let veth = cni_host_ifname(container_id, ifname);
                     if keep.contains(&veth) {
                         continue;
                     }
@@ -868,7 +831,7 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     };
     // The records of the attachments the runtime no longer knows go with them.
     if veths.is_ok() && leases.is_ok() {
-        for record in state::list().unwrap_or_default() {
+        for record in records::list().unwrap_or_default() {
             let valid = conf.valid_attachments.iter().any(|(id, ifname)| {
                 record.owner
                     == Owner::Cni {
@@ -876,7 +839,7 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                         ifname: ifname.clone(),
                     }
             });
-            if record.kind == state::Kind::Cni && record.network == conf.name && !valid {
+            if record.kind == records::Kind::Cni && record.network == conf.name && !valid {
                 if let Err(e) = record.remove() {
                     tracing::warn!(%e, "removing the record of a collected attachment");
                 }
@@ -953,25 +916,6 @@ fn capacity(set: &[Range]) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_names_are_stable_short_and_distinct() {
-        let a = host_ifname("abc", "eth0");
-        assert_eq!(a, host_ifname("abc", "eth0"));
-        assert_eq!(a.len(), 15);
-        assert_ne!(a, host_ifname("abc", "eth1"));
-        assert_ne!(a, host_ifname("abd", "eth0"));
-        // The separator keeps ("ab", "ceth0") apart from ("abc", "eth0").
-        assert_ne!(host_ifname("ab", "ceth0"), a);
-        crate::netlink::validate_ifname(&a).expect("valid name");
-    }
-
-    #[test]
-    fn aliases_fit_the_kernel_limit() {
-        let long = host_alias(&"n".repeat(200), &"c".repeat(128), "eth0");
-        assert_eq!(long.len(), MAX_ALIAS);
-        assert!(long.starts_with(&format!("{ALIAS_PREFIX}{}:", "n".repeat(200))));
-    }
 
     #[test]
     fn capacity_leaves_out_gateway_network_and_broadcast() {

@@ -9,22 +9,15 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
-use super::range::{default_bounds, from_u128, to_u128};
+use super::range::Range;
 use super::IpamError;
-
-/// A contiguous range of addresses inside one subnet.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Range {
-    /// The subnet, normalized to its network address.
-    pub subnet: IpNetwork,
-    pub range_start: IpAddr,
-    pub range_end: IpAddr,
-    pub gateway: Option<IpAddr>,
-}
 
 /// Ranges of one address family from which a sandbox gets one address (dual stack: one v4
 /// set and one v6 set).
 pub type RangeSet = Vec<Range>;
+
+/// Longest network name accepted as a directory name.
+const MAX_NAME: usize = 200;
 
 /// An extra route for the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,69 +35,21 @@ pub struct IpamConfig {
     pub resolv_conf: Option<PathBuf>,
 }
 
-impl Range {
-    /// A range with host-local's defaults: start after the network address, end before the
-    /// (IPv4) broadcast address, gateway the first address.
-    pub fn new(
-        subnet: IpNetwork,
-        start: Option<IpAddr>,
-        end: Option<IpAddr>,
-        gateway: Option<IpAddr>,
-    ) -> Result<Range, IpamError> {
-        let subnet =
-            IpNetwork::new(subnet.network(), subnet.prefix()).map_err(|e| IpamError::BadCidr {
-                value: subnet.to_string(),
-                reason: e.to_string(),
-            })?;
-        // host-local refuses these too: a /31 or /32 (/127, /128) has no room for a gateway
-        // and a sandbox besides the network address.
-        let max = if subnet.is_ipv4() { 32 } else { 128 };
-        if subnet.prefix() > max - 2 {
-            return Err(IpamError::SubnetTooSmall { subnet });
-        }
-        let (first, last) = default_bounds(subnet);
-        let inside = |ip: IpAddr| ip.is_ipv4() == subnet.is_ipv4() && subnet.contains(ip);
-        for (what, ip) in [
-            ("rangeStart", start),
-            ("rangeEnd", end),
-            ("gateway", gateway),
-        ] {
-            if let Some(ip) = ip {
-                if !inside(ip) {
-                    return Err(IpamError::OutsideSubnet {
-                        field: what,
-                        ip,
-                        subnet,
-                    });
-                }
-            }
-        }
-        // host-local's default gateway: the first address after the network address.
-        let gateway = Some(gateway.unwrap_or_else(|| from_u128(subnet.network(), first)));
-        let range_start = start.unwrap_or_else(|| from_u128(subnet.network(), first));
-        let range_end = end.unwrap_or_else(|| from_u128(subnet.network(), last));
-        if to_u128(range_start) > to_u128(range_end) {
-            return Err(IpamError::StartAfterEnd {
-                start: range_start,
-                end: range_end,
-            });
-        }
-        Ok(Range {
-            subnet,
-            range_start,
-            range_end,
-            gateway,
-        })
-    }
-
-    fn overlaps(&self, other: &Range) -> bool {
-        self.subnet.is_ipv4() == other.subnet.is_ipv4()
-            && to_u128(self.range_start) <= to_u128(other.range_end)
-            && to_u128(other.range_start) <= to_u128(self.range_end)
+/// Where leases live unless a configuration's `dataDir` says otherwise:
+/// `$NETBOX_DATA_DIR/ipam`, or `/var/lib/netbox/ipam`.
+pub fn default_data_dir() -> PathBuf {
+    match std::env::var_os("NETBOX_DATA_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("ipam"),
+        _ => PathBuf::from("/var/lib/netbox/ipam"),
     }
 }
 
 impl IpamConfig {
+    /// The lease store's directory: `dataDir`, or [`default_data_dir`].
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(default_data_dir)
+    }
+
     /// One range covering `subnet`, as the built-in network uses.
     pub fn single(subnet: IpNetwork, gateway: Option<IpAddr>) -> Result<IpamConfig, IpamError> {
         IpamConfig::new(vec![vec![Range::new(subnet, None, None, gateway)?]], vec![])
@@ -274,8 +219,53 @@ fn addr(v: Option<&Value>, field: &'static str) -> Result<Option<IpAddr>, IpamEr
         .transpose()
 }
 
+/// Refuses network names that are not plain, bounded file names.
+pub fn validate_network_name(name: &str) -> Result<(), IpamError> {
+    let bad = |reason| {
+        Err(IpamError::BadName {
+            name: name.into(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > MAX_NAME {
+        return bad("it is longer than 200 bytes");
+    }
+    if name.starts_with('.') {
+        return bad("it starts with '.'");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return bad("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unsafe_network_names_are_refused() {
+        for name in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "../x",
+            "a\0b",
+            "x y",
+            &"n".repeat(201),
+        ] {
+            assert!(validate_network_name(name).is_err(), "{name:?}");
+        }
+        for name in ["netbox", "my-net_1.v2", &"n".repeat(200)] {
+            validate_network_name(name).expect(name);
+        }
+    }
     use super::*;
     use serde_json::json;
 

@@ -124,8 +124,8 @@ impl CniError {
 
 impl From<crate::Error> for CniError {
     fn from(e: crate::Error) -> CniError {
-        use crate::ipam::IpamError as I;
-        use crate::netlink::NetlinkError as N;
+        use crate::model::ipam::IpamError as I;
+        use crate::sys::netlink::NetlinkError as N;
         let code = match &e {
             crate::Error::Netlink(N::InvalidIfname { .. }) => code::INVALID_ENVIRONMENT,
             crate::Error::Netlink(N::NotABridge { .. }) => code::INVALID_CONFIG,
@@ -134,7 +134,9 @@ impl From<crate::Error> for CniError {
             }
             crate::Error::Netlink(N::PeerExists { .. }) => code::INVALID_ENVIRONMENT,
             crate::Error::Netlink(_) => code::IO_FAILURE,
-            crate::Error::Netns(crate::netns::NetnsError::Open { .. }) => code::INVALID_ENVIRONMENT,
+            crate::Error::Netns(crate::sys::netns::NetnsError::Open { .. }) => {
+                code::INVALID_ENVIRONMENT
+            }
             crate::Error::Netns(_) => code::IO_FAILURE,
             crate::Error::Ipam(i) => match i {
                 I::Io { .. } => code::IO_FAILURE,
@@ -156,14 +158,14 @@ impl From<crate::Error> for CniError {
     }
 }
 
-impl From<crate::netlink::NetlinkError> for CniError {
-    fn from(e: crate::netlink::NetlinkError) -> CniError {
+impl From<crate::sys::netlink::NetlinkError> for CniError {
+    fn from(e: crate::sys::netlink::NetlinkError) -> CniError {
         crate::Error::from(e).into()
     }
 }
 
-impl From<crate::ipam::IpamError> for CniError {
-    fn from(e: crate::ipam::IpamError) -> CniError {
+impl From<crate::model::ipam::IpamError> for CniError {
+    fn from(e: crate::model::ipam::IpamError) -> CniError {
         crate::Error::from(e).into()
     }
 }
@@ -174,8 +176,8 @@ impl From<crate::firewall::FirewallError> for CniError {
     }
 }
 
-impl From<crate::netns::NetnsError> for CniError {
-    fn from(e: crate::netns::NetnsError) -> CniError {
+impl From<crate::sys::netns::NetnsError> for CniError {
+    fn from(e: crate::sys::netns::NetnsError) -> CniError {
         crate::Error::from(e).into()
     }
 }

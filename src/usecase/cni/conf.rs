@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::result::{CniResult, Dns};
 use super::{code, CniError, Version, SUPPORTED_VERSIONS};
 use crate::firewall::{PortMapping, Protocol};
-use crate::ipam::IpamConfig;
-use crate::netlink::{parse_mac, validate_ifname};
+use crate::model::ipam::IpamConfig;
+use crate::sys::netlink::{parse_mac, validate_ifname};
 
 /// IPAM types served by netbox's own store; any other type is an IPAM plugin on CNI_PATH.
 pub const BUILTIN_IPAM_TYPES: [&str; 2] = ["netbox", "netbox-cni"];
@@ -262,7 +262,7 @@ impl NetConf {
             .ok_or_else(|| CniError::config("name: missing"))?
             .to_string();
         // The name is a directory of the lease store: never a path.
-        crate::ipam::store::validate_network_name(&name)
+        crate::model::ipam::config::validate_network_name(&name)
             .map_err(|e| CniError::config(format!("name: {e}")))?;
         let plugin_type = string(&v, "type")?.unwrap_or_default().to_string();
         let bridge = string(&v, "bridge")?.unwrap_or("cni0").to_string();
@@ -346,7 +346,7 @@ impl NetConf {
             if mac[0] & 1 == 1 {
                 return Err(CniError::config(format!(
                     "mac {}: a multicast address cannot name an interface",
-                    crate::netlink::format_mac(&mac)
+                    crate::sys::netlink::format_mac(&mac)
                 )));
             }
         }

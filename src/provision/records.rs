@@ -23,13 +23,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ipam::Owner;
+use crate::model::owner::Owner;
 use crate::{Error, Result};
 
 /// Where records and the lock live unless NETBOX_RUN_DIR says otherwise.
 pub const DEFAULT_RUN_DIR: &str = "/run/netbox";
-/// What every host veth alias of a run or named sandbox starts with.
-pub const ALIAS_PREFIX: &str = "netbox:";
 
 /// The state directory.
 pub fn run_dir() -> PathBuf {
@@ -291,42 +289,6 @@ pub fn remove_tmp(path: &Path) -> Result<()> {
     remove_file(path)
 }
 
-/// The alias of the host veth of a run or named sandbox.
-pub fn alias(network: &str, owner: &Owner) -> Result<String> {
-    Ok(format!("{ALIAS_PREFIX}{network}:{}", owner.key()?))
-}
-
-/// The network and owner a host veth's alias records, when netbox wrote it.
-pub fn parse_alias(alias: &str) -> Option<(String, Owner)> {
-    if let Some(rest) = alias.strip_prefix(crate::cni::ops::ALIAS_PREFIX) {
-        // netbox-cni:<network>:<container>:<ifname>; none of the three holds ':' (validated).
-        let mut parts = rest.splitn(3, ':');
-        let network = parts.next()?;
-        let container_id = parts.next()?;
-        let ifname = parts.next()?;
-        if network.is_empty() || container_id.is_empty() || ifname.is_empty() {
-            return None;
-        }
-        if ifname.contains(':') {
-            return None;
-        }
-        return Some((
-            network.into(),
-            Owner::Cni {
-                container_id: container_id.into(),
-                ifname: ifname.into(),
-            },
-        ));
-    }
-    let (network, key) = alias.strip_prefix(ALIAS_PREFIX)?.split_once(':')?;
-    if network.is_empty() {
-        return None;
-    }
-    let owner = Owner::from_key(key)?;
-    // A key that does not round-trip was not written by netbox.
-    (owner.key().ok()? == key).then(|| (network.into(), owner))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,44 +331,5 @@ mod tests {
         record.remove().expect("remove twice");
         assert_eq!(load_sandbox("box").expect("load"), None);
         std::env::remove_var("NETBOX_RUN_DIR");
-    }
-
-    #[test]
-    fn aliases_round_trip_and_foreign_ones_do_not_parse() {
-        for owner in [
-            Owner::Process {
-                pid: 12,
-                start_time: 345,
-            },
-            Owner::Named {
-                name: "web-1".into(),
-            },
-        ] {
-            let a = alias("netbox", &owner).expect("alias");
-            assert_eq!(parse_alias(&a), Some(("netbox".into(), owner)));
-        }
-        assert_eq!(
-            parse_alias("netbox-cni:net1:abc:eth0"),
-            Some((
-                "net1".into(),
-                Owner::Cni {
-                    container_id: "abc".into(),
-                    ifname: "eth0".into()
-                }
-            ))
-        );
-        for foreign in [
-            "",
-            "netbox",
-            "netbox:",
-            "netbox:net",
-            "netbox:net:proc/12",
-            "netbox:net:proc/x.1",
-            "netbox:net:other/1",
-            "docker0 bridge",
-            "netbox-cni:net:abc",
-        ] {
-            assert_eq!(parse_alias(foreign), None, "{foreign:?}");
-        }
     }
 }

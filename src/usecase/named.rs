@@ -10,13 +10,17 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::attach::{self, AttachSpec};
-use crate::ipam::{Owner, Store};
-use crate::netlink::Netlink;
-use crate::netns::{self, NetNs};
-use crate::network::{self, NetworkSpec};
-use crate::sandbox::{self, RunSpec};
-use crate::state::{self, Kind, Lock, Phase, Record};
+use crate::model::network::{self, NetworkSpec};
+use crate::model::owner::Owner;
+use crate::provision::address::allocate;
+use crate::provision::attach::{self, AttachSpec};
+use crate::provision::command::{exec_in, RunSpec};
+use crate::provision::leases::Store;
+use crate::provision::publish::dismantle;
+use crate::provision::records::{self, Kind, Lock, Phase, Record};
+use crate::sys::netlink::Netlink;
+use crate::sys::netns::{self, NetNs};
+use crate::sys::privilege::privileged;
 use crate::{Error, Result};
 
 /// What `netbox ns add` makes.
@@ -35,7 +39,7 @@ pub struct AddSpec {
 /// of it stays; if the process is killed, `netbox gc` removes what it made.
 pub fn add(spec: &AddSpec) -> Result<Record> {
     netns::validate_name(&spec.name)?;
-    if !sandbox::privileged() {
+    if !privileged() {
         return Err(Error::Config(
             "netbox ns add needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN on the host)".into(),
         ));
@@ -43,13 +47,13 @@ pub fn add(spec: &AddSpec) -> Result<Record> {
     let network = network::resolve(&spec.network, &network::conf_dirs(), spec.subnet)?;
     let _lock = Lock::shared()?;
     // What a `ns add` or `ns del` of this name that died left is cleared first, as gc would.
-    if let Some(old) = state::load_sandbox(&spec.name)? {
+    if let Some(old) = records::load_sandbox(&spec.name)? {
         if old.kind == Kind::Ns && old.phase != Phase::Ready && !old.writer.is_alive() {
             dismantle(&old)?;
         }
     }
-    for tmp in state::dead_tmp_files() {
-        let _ = state::remove_tmp(&tmp);
+    for tmp in records::dead_tmp_files() {
+        let _ = records::remove_tmp(&tmp);
     }
     if netns::named_path(&spec.name).exists() {
         return Err(netns::NetnsError::Exists {
@@ -64,7 +68,7 @@ pub fn add(spec: &AddSpec) -> Result<Record> {
         kind: Kind::Ns,
         name: spec.name.clone(),
         network: network.name.clone(),
-        data_dir: sandbox::data_dir(&network),
+        data_dir: network.ipam.data_dir(),
         owner: owner.clone(),
         phase: Phase::Creating,
         writer: Owner::current_process()?,
@@ -72,7 +76,7 @@ pub fn add(spec: &AddSpec) -> Result<Record> {
         netns_inode: None,
         host_ifname: attach::random_host_ifname(),
         addresses: vec![],
-        created: state::now(),
+        created: records::now(),
     };
     // The record reserves the name before the namespace exists.
     if !record.claim()? {
@@ -103,9 +107,9 @@ fn wire(spec: &AddSpec, network: &NetworkSpec, record: &mut Record, ns: &NetNs) 
     record.netns_inode = Some(ns.inode()?);
     record.save()?;
     let store = Store::open(&record.data_dir, &network.name)?;
-    let addresses = sandbox::allocate(&store, network, &record.owner, &spec.ips)?;
+    let addresses = allocate(&store, network, &record.owner, &spec.ips)?;
     record.addresses = addresses.iter().map(|a| a.to_string()).collect();
-    sandbox::runtime()?.block_on(async {
+    crate::sys::runtime::current_thread()?.block_on(async {
         let host = Netlink::connect()?;
         let inside = Netlink::connect_in(ns)?;
         let (bridge, routes) =
@@ -119,7 +123,7 @@ fn wire(spec: &AddSpec, network: &NetworkSpec, record: &mut Record, ns: &NetNs) 
             routes: network.ipam.routes.iter().map(|r| (r.dst, r.gw)).collect(),
             mtu: spec.mtu,
             mac: spec.mac,
-            owner: state::alias(&network.name, &record.owner)?,
+            owner: crate::model::owner::alias(&network.name, &record.owner)?,
         };
         attach::attach_to_bridge(&host, &inside, ns, network, &bridge, &attach_spec).await?;
         Ok::<_, Error>(())
@@ -133,7 +137,7 @@ fn wire(spec: &AddSpec, network: &NetworkSpec, record: &mut Record, ns: &NetNs) 
 pub fn del(name: &str) -> Result<bool> {
     netns::validate_name(name)?;
     let _lock = Lock::shared()?;
-    let Some(mut record) = state::load_sandbox(name)? else {
+    let Some(mut record) = records::load_sandbox(name)? else {
         if netns::named_path(name).exists() {
             return Err(Error::Config(format!(
                 "namespace \"{name}\" was not made by netbox (use ip netns del {name})"
@@ -154,81 +158,6 @@ pub fn del(name: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Removes everything a record stands for: the host veth (if its alias names the record's
-/// owner), the named namespace (if it is the recorded one), the leases, then the record. Keeps
-/// going past failures and reports the first.
-pub(crate) fn dismantle(record: &Record) -> Result<()> {
-    // Deleting a veth costs the kernel 15-30 ms. When the namespace goes, the kernel removes
-    // the pair with it; bringing the host end down first cuts the sandbox off the bridge at
-    // once, so its address is safe to hand out again even while a process still holds the
-    // namespace (gc deletes such a veth once its owner's record is gone).
-    let lazy = record.kind != Kind::Cni && owns_named_ns(record);
-    let veth = sandbox::runtime().and_then(|rt| {
-        rt.block_on(async {
-            let host = Netlink::connect()?;
-            remove_veth(&host, record, lazy).await
-        })
-    });
-    let ns = if record.kind == Kind::Cni {
-        Ok(()) // the runtime's namespace
-    } else {
-        remove_named_ns(record)
-    };
-    let leases = Store::open(&record.data_dir, &record.network)
-        .and_then(|s| s.release(&record.owner))
-        .map(|_| ())
-        .map_err(Error::from);
-    veth.and(ns).and(leases)?;
-    record.remove()
-}
-
-/// Deletes the record's host veth (or, with `lazy`, only brings it down) when it is there and
-/// its alias names the record's owner.
-pub(crate) async fn remove_veth(host: &Netlink, record: &Record, lazy: bool) -> Result<()> {
-    if let Some(link) = host.link_by_name(&record.host_ifname).await? {
-        let ours = link
-            .alias
-            .as_deref()
-            .and_then(state::parse_alias)
-            .is_some_and(|(_, owner)| owner == record.owner);
-        if ours && lazy {
-            host.set_down(&link).await?;
-        } else if ours {
-            host.delete_link_index(link.index, &link.name).await?;
-        }
-    }
-    Ok(())
-}
-
-/// True when /run/netns/NAME is the recorded namespace, or the record was written before the
-/// namespace existed (it reserved the name: creation was cut short).
-fn owns_named_ns(record: &Record) -> bool {
-    let current = netns::named_inode(&record.name);
-    match record.netns_inode {
-        Some(inode) => current == Some(inode),
-        // Only a record of an unfinished creation lacks the inode (a ready one always has it).
-        None => record.kind == Kind::Ns && record.phase != Phase::Ready && current.is_some(),
-    }
-}
-
-/// Unmounts /run/netns/NAME when it is netbox's (see [`owns_named_ns`]).
-pub(crate) fn remove_named_ns(record: &Record) -> Result<()> {
-    let current = netns::named_inode(&record.name);
-    let ours = owns_named_ns(record);
-    // An empty mount point left by a creation that was cut short is the record's too.
-    let leftover = current.is_none()
-        && match record.kind {
-            Kind::Ns => record.phase != Phase::Ready,
-            Kind::Run => true,
-            Kind::Cni => false,
-        }
-        && netns::named_path(&record.name).is_file();
-    if ours || leftover {
-        netns::delete_named(&record.name)?;
-    }
-    Ok(())
-}
-
 /// Runs CMD in a named namespace (made by netbox or by `ip netns add`).
 pub fn exec(name: &str, spec: &RunSpec) -> Result<i32> {
     netns::validate_name(name)?;
@@ -240,7 +169,7 @@ pub fn exec(name: &str, spec: &RunSpec) -> Result<i32> {
         }
         _ => e.into(),
     })?;
-    let addrs: Vec<IpAddr> = state::load_sandbox(name)?
+    let addrs: Vec<IpAddr> = records::load_sandbox(name)?
         .map(|r| {
             r.addresses
                 .iter()
@@ -248,47 +177,5 @@ pub fn exec(name: &str, spec: &RunSpec) -> Result<i32> {
                 .collect()
         })
         .unwrap_or_default();
-    sandbox::exec_in(spec, &ns, &addrs)
-}
-
-/// `netbox run --name`: records the sandbox, then names its namespace. Undoes both on failure.
-pub(crate) fn publish_run(
-    name: &str,
-    network: &NetworkSpec,
-    owner: &Owner,
-    ns: &NetNs,
-    host_ifname: &str,
-    addresses: &[IpNetwork],
-) -> Result<Record> {
-    let record = Record {
-        kind: Kind::Run,
-        name: name.into(),
-        network: network.name.clone(),
-        data_dir: sandbox::data_dir(network),
-        owner: owner.clone(),
-        phase: Phase::Ready,
-        writer: owner.clone(),
-        netns: netns::named_path(name),
-        netns_inode: Some(ns.inode()?),
-        host_ifname: host_ifname.into(),
-        addresses: addresses.iter().map(|a| a.to_string()).collect(),
-        created: state::now(),
-    };
-    if !record.claim()? {
-        return Err(Error::Config(format!(
-            "sandbox \"{name}\" exists (netbox ls lists sandboxes)"
-        )));
-    }
-    if let Err(e) = netns::bind_named(name, ns) {
-        let _ = record.remove();
-        return Err(e.into());
-    }
-    Ok(record)
-}
-
-/// The end of a `netbox run --name`: the name goes, and with the last process the namespace.
-pub(crate) fn unpublish_run(record: &Record) {
-    if let Err(e) = remove_named_ns(record).and_then(|()| record.remove()) {
-        tracing::warn!(%e, "removing the name of sandbox {}; netbox gc retries", record.name);
-    }
+    exec_in(spec, &ns, &addrs)
 }

@@ -34,7 +34,6 @@
 //! Migration from host-local: when `dataDir` points at host-local's directory, its lease files
 //! (`<network>/<ip>`) are treated as taken, and its `lock` file is the one both lock.
 
-use std::fmt::Write as _;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -42,179 +41,16 @@ use std::os::unix::fs::{symlink, DirBuilderExt};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
-use serde::{Deserialize, Serialize};
 
-use super::range::{scan_order, to_u128};
-use super::{IpamConfig, IpamError, Range};
+use crate::model::ipam::config::validate_network_name;
+use crate::model::ipam::range::{scan_order, to_u128};
+use crate::model::ipam::{IpamConfig, IpamError, Range};
+use crate::model::owner::Owner;
 
 type Result<T, E = IpamError> = std::result::Result<T, E>;
 
-/// Longest network name accepted as a directory name.
-const MAX_NAME: usize = 200;
-/// Longest file name most Linux file systems accept.
-const MAX_FILE_NAME: usize = 255;
 /// What a lease's symlink target starts with, before the owner's index name.
 const LEASE_TARGET_PREFIX: &str = "../owners/";
-
-/// Where leases live unless a configuration's `dataDir` says otherwise:
-/// `$NETBOX_DATA_DIR/ipam`, or `/var/lib/netbox/ipam`.
-pub fn default_data_dir() -> PathBuf {
-    match std::env::var_os("NETBOX_DATA_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("ipam"),
-        _ => PathBuf::from("/var/lib/netbox/ipam"),
-    }
-}
-
-/// Who holds a lease.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Owner {
-    /// A CNI attachment.
-    Cni {
-        container_id: String,
-        ifname: String,
-    },
-    /// A `netbox run` process, told apart from a later process with the same pid by its start
-    /// time.
-    Process { pid: u32, start_time: u64 },
-    /// A named sandbox (`netbox ns add NAME`): alive until `netbox ns del NAME`.
-    Named { name: String },
-}
-
-impl std::fmt::Display for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Owner::Cni {
-                container_id,
-                ifname,
-            } => write!(f, "container {container_id} ({ifname})"),
-            Owner::Process { pid, .. } => write!(f, "netbox run (pid {pid})"),
-            Owner::Named { name } => write!(f, "sandbox {name}"),
-        }
-    }
-}
-
-impl Owner {
-    /// The calling process.
-    pub fn current_process() -> Result<Owner> {
-        let pid = std::process::id();
-        let start_time = process_start_time(pid)
-            .ok_or_else(|| IpamError::BadOwner(format!("cannot read /proc/{pid}/stat")))?;
-        Ok(Owner::Process { pid, start_time })
-    }
-
-    /// False once the owning process is gone (a new process with the same pid has another start
-    /// time). CNI owners are alive until the runtime says otherwise (DEL or GC).
-    pub fn is_alive(&self) -> bool {
-        match self {
-            Owner::Cni { .. } | Owner::Named { .. } => true,
-            Owner::Process { pid, start_time } => process_start_time(*pid) == Some(*start_time),
-        }
-    }
-
-    /// A stable string naming the owner (its index name: `cni/<container>+<ifname>`,
-    /// `proc/<pid>.<start time>` or `named/<name>`), for records kept outside the store;
-    /// [`Owner::from_key`] reads it back. The firewall tags what it makes for the owner with it.
-    pub fn key(&self) -> Result<String> {
-        self.index_name()
-    }
-
-    /// The owner a [`Owner::key`] stands for.
-    pub fn from_key(key: &str) -> Option<Owner> {
-        Owner::from_index_name(key)
-    }
-
-    /// The owner's index, relative to `owners/`: `cni/<container>+<ifname>` or
-    /// `proc/<pid>.<start time>`. Container ids and interface names are escaped (`%XX` for
-    /// anything but `[A-Za-z0-9._-]`), so every owner gets its own file name, none is a path, and
-    /// the owner can be read back from the name.
-    fn index_name(&self) -> Result<String> {
-        match self {
-            Owner::Cni {
-                container_id,
-                ifname,
-            } => {
-                if container_id.is_empty() || ifname.is_empty() {
-                    return Err(IpamError::BadOwner(format!(
-                        "container id {container_id:?} and interface name {ifname:?} must not be empty"
-                    )));
-                }
-                let mut name = String::from("cni/");
-                escape(container_id, &mut name);
-                name.push('+');
-                escape(ifname, &mut name);
-                if name.len() - "cni/".len() > MAX_FILE_NAME {
-                    return Err(IpamError::BadOwner(format!(
-                        "container id {container_id:?} with interface {ifname:?} is too long"
-                    )));
-                }
-                Ok(name)
-            }
-            Owner::Process { pid, start_time } => Ok(format!("proc/{pid}.{start_time}")),
-            Owner::Named { name } => {
-                if name.is_empty() || name.len() > MAX_FILE_NAME / 3 {
-                    return Err(IpamError::BadOwner(format!("sandbox name {name:?}")));
-                }
-                let mut index = String::from("named/");
-                escape(name, &mut index);
-                Ok(index)
-            }
-        }
-    }
-
-    /// The owner an index name stands for (None for names netbox does not write).
-    fn from_index_name(name: &str) -> Option<Owner> {
-        if let Some(file) = name.strip_prefix("cni/") {
-            let (id, ifname) = file.split_once('+')?;
-            return Some(Owner::Cni {
-                container_id: unescape(id)?,
-                ifname: unescape(ifname)?,
-            });
-        }
-        if let Some(file) = name.strip_prefix("named/") {
-            return Some(Owner::Named {
-                name: unescape(file)?,
-            });
-        }
-        let (pid, start_time) = name.strip_prefix("proc/")?.split_once('.')?;
-        Some(Owner::Process {
-            pid: pid.parse().ok()?,
-            start_time: start_time.parse().ok()?,
-        })
-    }
-}
-
-fn escape(s: &str, out: &mut String) {
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-}
-
-fn unescape(s: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
-        } else {
-            out.push(b);
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Start time of a process (field 22 of /proc/PID/stat, in clock ticks since boot).
-pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let after = stat.get(stat.rfind(')')? + 1..)?;
-    after.split_whitespace().nth(19)?.parse().ok()
-}
 
 /// An address handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,7 +137,7 @@ impl Store {
         owner: &Owner,
         requested: &[IpAddr],
     ) -> Result<Vec<Allocation>> {
-        let index = owner.index_name()?;
+        let index = owner.key()?;
         let wanted = self.requested_per_set(cfg, requested)?;
         let _lock = self.lock()?;
         self.clean_tmp();
@@ -382,7 +218,7 @@ impl Store {
     /// held none.
     pub fn release(&self, owner: &Owner) -> Result<usize> {
         // An owner that cannot have an index (allocate refuses it) holds nothing.
-        let Ok(index) = owner.index_name() else {
+        let Ok(index) = owner.key() else {
             return Ok(0);
         };
         let _lock = self.lock()?;
@@ -401,7 +237,7 @@ impl Store {
             let Some(index) = self.lease_owner(ip)? else {
                 continue;
             };
-            if let Some(owner) = Owner::from_index_name(&index) {
+            if let Some(owner) = Owner::from_key(&index) {
                 out.push(Lease { ip, owner });
             }
         }
@@ -411,7 +247,7 @@ impl Store {
 
     /// The leases `owner` holds (read from its index: cheap at any number of leases).
     pub fn leases_of(&self, owner: &Owner) -> Result<Vec<Lease>> {
-        let Ok(index) = owner.index_name() else {
+        let Ok(index) = owner.key() else {
             return Ok(vec![]);
         };
         Ok(self
@@ -453,7 +289,7 @@ impl Store {
         for kind in ["cni", "proc", "named"] {
             for file in list_dir(&self.dir.join("owners").join(kind), "listing owners")? {
                 let index = format!("{kind}/{file}");
-                let Some(owner) = Owner::from_index_name(&index) else {
+                let Some(owner) = Owner::from_key(&index) else {
                     continue;
                 };
                 let ips = self.read_index(&index)?.unwrap_or_default();
@@ -471,7 +307,7 @@ impl Store {
         let mut out = Vec::new();
         for kind in ["cni", "proc", "named"] {
             for file in list_dir(&self.dir.join("owners").join(kind), "listing owners")? {
-                if let Some(owner) = Owner::from_index_name(&format!("{kind}/{file}")) {
+                if let Some(owner) = Owner::from_key(&format!("{kind}/{file}")) {
                     out.push(owner);
                 }
             }
@@ -486,7 +322,7 @@ impl Store {
         let mut count = 0;
         for file in list_dir(&self.dir.join("owners/proc"), "listing owners")? {
             let index = format!("proc/{file}");
-            if Owner::from_index_name(&index).is_some_and(|owner| !owner.is_alive()) {
+            if Owner::from_key(&index).is_some_and(|owner| !owner.is_alive()) {
                 count += self.release_locked(&index)?;
             }
         }
@@ -551,7 +387,7 @@ impl Store {
     /// Fails when a requested address is leased (by netbox or by host-local).
     fn check_free(&self, ip: IpAddr) -> Result<()> {
         let holder = match self.lease_owner(ip)? {
-            Some(index) => Owner::from_index_name(&index)
+            Some(index) => Owner::from_key(&index)
                 .map(|o| o.to_string())
                 .unwrap_or(index),
             None if exists(&self.host_local_lease(ip)) => "a host-local lease".into(),
@@ -810,120 +646,5 @@ fn allocation(cfg: &IpamConfig, set: usize, ip: IpAddr) -> Allocation {
         address: IpNetwork::new(ip, prefix).unwrap_or_else(|_| IpNetwork::from(ip)),
         gateway: range.and_then(|r| r.gateway),
         range_set: set,
-    }
-}
-
-/// Refuses network names that are not plain, bounded file names.
-pub fn validate_network_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(IpamError::BadName {
-            name: name.into(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return bad("it is empty");
-    }
-    if name.len() > MAX_NAME {
-        return bad("it is longer than 200 bytes");
-    }
-    if name.starts_with('.') {
-        return bad("it starts with '.'");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
-        return bad("only letters, digits, '.', '_' and '-' are allowed");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_time_of_this_process_is_readable_and_stable() {
-        let a = process_start_time(std::process::id()).expect("start time");
-        let b = process_start_time(std::process::id()).expect("start time");
-        assert_eq!(a, b);
-        assert!(Owner::current_process().expect("owner").is_alive());
-        assert!(!Owner::Process {
-            pid: std::process::id(),
-            start_time: a + 1
-        }
-        .is_alive());
-    }
-
-    #[test]
-    fn unsafe_network_names_are_refused() {
-        for name in [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "a/b",
-            "../x",
-            "a\0b",
-            "x y",
-            &"n".repeat(201),
-        ] {
-            assert!(validate_network_name(name).is_err(), "{name:?}");
-        }
-        for name in ["netbox", "my-net_1.v2", &"n".repeat(200)] {
-            validate_network_name(name).expect(name);
-        }
-    }
-
-    #[test]
-    fn owner_index_names_are_distinct_plain_file_names() {
-        let cni = |c: &str, i: &str| {
-            Owner::Cni {
-                container_id: c.into(),
-                ifname: i.into(),
-            }
-            .index_name()
-            .expect("valid owner")
-        };
-        // Without escaping these pairs would share a name.
-        assert_ne!(cni("a+b", "c"), cni("a", "b+c"));
-        assert_ne!(cni("a.b", "c"), cni("a", "b.c"));
-        for name in [cni("../..", "eth0"), cni("x/y", "a b"), cni(".", ".")] {
-            let file = name.strip_prefix("cni/").expect("cni dir");
-            assert!(!file.contains('/') && file != "." && file != "..", "{name}");
-        }
-        assert!(Owner::Cni {
-            container_id: "x".repeat(300),
-            ifname: "eth0".into()
-        }
-        .index_name()
-        .is_err());
-        assert!(Owner::Cni {
-            container_id: String::new(),
-            ifname: "eth0".into()
-        }
-        .index_name()
-        .is_err());
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn owners_are_read_back_from_their_index_names(
-            container_id in "\\PC{1,40}",
-            ifname in "\\PC{1,15}",
-            pid in proptest::prelude::any::<u32>(),
-            start_time in proptest::prelude::any::<u64>(),
-        ) {
-            for owner in [Owner::Cni { container_id, ifname }, Owner::Process { pid, start_time }] {
-                // Only length can make a non-empty owner unindexable.
-                let Ok(name) = owner.index_name() else {
-                    continue;
-                };
-                let file = name.split_once('/').expect("kind/file").1;
-                proptest::prop_assert!(!file.contains('/') && file != "." && file != "..");
-                proptest::prop_assert_eq!(Owner::from_index_name(&name), Some(owner));
-            }
-        }
     }
 }

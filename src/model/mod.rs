@@ -1,0 +1,8 @@
+//! The model: what netbox's words mean, as plain data with its validation and encodings, and no
+//! effect on the host. Owners (who made what, and how that is written down), networks, IPAM
+//! configuration, the sandbox's resolver files.
+
+pub mod dns;
+pub mod ipam;
+pub mod network;
+pub mod owner;

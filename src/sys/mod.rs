@@ -1,0 +1,17 @@
+//! System adapters: the only code that talks to the kernel or the host's tools. Nothing here
+//! knows of owners, networks or sandboxes; every layer above uses these.
+//!
+//! - `netns`: network namespaces (the only setns/unshare outside child set-up);
+//! - `netlink`: links, addresses, routes (the only rtnetlink user);
+//! - `tuntap`: TUN/TAP devices and the packets they carry;
+//! - `capture`: packet capture into pcap files (raw packet sockets);
+//! - `runtime`: the single-threaded tokio runtime netlink work runs on.
+//!
+//! `crate::process` (fork/exec of the sandbox child) belongs here too.
+
+pub mod capture;
+pub mod netlink;
+pub mod netns;
+pub mod privilege;
+pub mod runtime;
+pub mod tuntap;
