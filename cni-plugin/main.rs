@@ -6,7 +6,7 @@
 // arguments, so this holds with any C library (with musl, std learns them only in its start-up).
 #![no_main]
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 
 #[no_mangle]
 extern "C" fn main(
@@ -32,9 +32,10 @@ fn plugin_main() -> i32 {
         };
     }
     let mut stdin = Vec::new();
-    // VERSION needs no input, and a runtime may not send any: only read when asked to work.
+    // VERSION answers in the version given on stdin (runtimes send `{"cniVersion": ...}`), but
+    // someone trying the plugin at a terminal gets the answer without typing any.
     let command = std::env::var("CNI_COMMAND").unwrap_or_default();
-    if command != "VERSION" {
+    if command != "VERSION" || !std::io::stdin().is_terminal() {
         if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
             let err = netbox::usecase::cni::CniError::new(
                 netbox::usecase::cni::code::IO_FAILURE,

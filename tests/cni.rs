@@ -1271,3 +1271,242 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Round 2: a live attachment is never harmed, a killed ADD leaks nothing, results tell the truth.
+
+/// What a refused ADD must leave as it was: host links with their MACs and state, the
+/// namespace's links with MACs and addresses, leases, records.
+fn attachment_state(ns: &str) -> String {
+    let strip = |v: Value| {
+        v.as_array()
+            .map(|links| {
+                links
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "{} {} {} {} {}",
+                            l["ifname"], l["address"], l["operstate"], l["ifalias"], l["addr_info"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    };
+    format!(
+        "{}\n--\n{}\n--\n{:?}\n--\n{:?}",
+        strip(ip_json("addr show")),
+        strip(ip_json(&format!("-n {ns} addr show"))),
+        files_under(Path::new("/var/lib/netbox")),
+        files_under(Path::new("/run/netbox/cni"))
+            .into_iter()
+            .map(|f| std::fs::read_to_string(&f).unwrap_or_default())
+            .collect::<Vec<_>>(),
+    )
+}
+
+#[test]
+fn a_refused_add_never_touches_the_live_attachment() {
+    if !private_host("cni::a_refused_add_never_touches_the_live_attachment") {
+        return;
+    }
+    let data = "/var/lib/netbox/host-local";
+    let builtin = conf("1.0.0", json!({}));
+    let delegated = conf(
+        "1.0.0",
+        json!({"ipam": {"type": "host-local", "subnet": "10.89.3.0/24", "dataDir": data}}),
+    );
+    netns::create_named("c1").expect("netns");
+    for (what, config) in [("built-in", &builtin), ("host-local", &delegated)] {
+        let result = add("c1", "c1", config);
+        let before = attachment_state("c1");
+        let path = netns_path("c1");
+        let no_path: Vec<(&str, &str)> = env_of("ADD", "c1", &path)
+            .into_iter()
+            .map(|(k, v)| {
+                if k == "CNI_PATH" {
+                    (k, "/nonexistent")
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        let mut outside = env_of("ADD", "c1", &path);
+        outside.push(("CNI_ARGS", "IP=10.77.0.5"));
+        let everything = conf(
+            "1.0.0",
+            json!({"ipam": {"type": "netbox", "subnet": "0.0.0.0/0"}}),
+        );
+        let clash = conf(
+            "1.0.0",
+            json!({"ipam": {"type": "netbox", "subnet": "10.89.0.0/24", "gateway": "10.89.0.9"}}),
+        );
+        type Attempt<'a> = (&'a str, Vec<(&'a str, &'a str)>, String);
+        let attempts: Vec<Attempt> = vec![
+            (
+                "the same ADD again",
+                env_of("ADD", "c1", &path),
+                config.clone(),
+            ),
+            ("an IP outside the ranges", outside, config.clone()),
+            ("CNI_PATH without the delegate", no_path, delegated.clone()),
+            ("subnet 0.0.0.0/0", env_of("ADD", "c1", &path), everything),
+            ("a bridge address clash", env_of("ADD", "c1", &path), clash),
+        ];
+        for (why, env, stdin) in attempts {
+            let answer = cni(&env, &stdin);
+            assert!(!answer.ok, "{what}, {why}: accepted: {}", answer.stdout);
+            assert_eq!(
+                attachment_state("c1"),
+                before,
+                "{what}, {why}: the refused ADD changed something ({})",
+                answer.stdout
+            );
+            let check = cni(&env_of("CHECK", "c1", &path), &with_prev(config, &result));
+            assert!(check.ok, "{what}, {why}: CHECK after: {}", check.stdout);
+        }
+        let again = cni(&env_of("ADD", "c1", &path), config);
+        assert_eq!(again.code(), 4, "{what}: {}", again.stdout);
+        assert!(cni(&env_of("DEL", "c1", &path), config).ok);
+        eventually("the veth to go", || host_veths().is_empty());
+    }
+}
+
+#[test]
+fn add_after_del_in_the_same_namespace_reattaches_at_once() {
+    if !private_host("cni::add_after_del_in_the_same_namespace_reattaches_at_once") {
+        return;
+    }
+    // podman network disconnect + connect: DEL then ADD while DEL's helper may still be
+    // deleting the old pair.
+    netns::create_named("c1").expect("netns");
+    let config = conf("1.1.0", json!({}));
+    let path = netns_path("c1");
+    for round in 0..5 {
+        let result = add("c1", "c1", &config);
+        let check = cni(&env_of("CHECK", "c1", &path), &with_prev(&config, &result));
+        assert!(check.ok, "round {round}: {}", check.stdout);
+        assert!(cni(&env_of("DEL", "c1", &path), &config).ok);
+    }
+    eventually("the veth to go", || host_veths().is_empty());
+    assert_eq!(links_in("c1"), vec!["lo".to_string()]);
+    assert!(leases().is_empty(), "{:?}", leases());
+}
+
+#[test]
+fn the_bridge_mac_in_results_stays_the_live_one_as_ports_join() {
+    if !private_host("cni::the_bridge_mac_in_results_stays_the_live_one_as_ports_join") {
+        return;
+    }
+    let config = conf("1.1.0", json!({}));
+    let mut reported = Vec::new();
+    for id in ["a", "b", "c", "d"] {
+        netns::create_named(id).expect("netns");
+        let result = add(id, id, &config);
+        assert_eq!(result["interfaces"][0]["name"], "nbt0");
+        reported.push(result["interfaces"][0]["mac"].clone());
+    }
+    let live = ip_json("link show nbt0")[0]["address"].clone();
+    for mac in &reported {
+        assert_eq!(mac, &live, "reported {reported:?}, live {live}");
+    }
+}
+
+#[test]
+fn a_failed_add_removes_the_bridge_it_made_and_never_an_existing_one() {
+    if !private_host("cni::a_failed_add_removes_the_bridge_it_made_and_never_an_existing_one") {
+        return;
+    }
+    netns::create_named("c1").expect("netns");
+    // The kernel refuses a route through a gateway no interface can reach: the last step fails.
+    let failing = conf(
+        "1.0.0",
+        json!({"ipam": {"type": "netbox", "subnet": "10.89.0.0/24",
+                        "routes": [{"dst": "192.168.0.0/16", "gw": "172.31.9.9"}]}}),
+    );
+    let path = netns_path("c1");
+    assert!(!cni(&env_of("ADD", "c1", &path), &failing).ok);
+    assert!(
+        !link_names().contains(&"nbt0".to_string()),
+        "{:?}",
+        link_names()
+    );
+    // A bridge that was there before stays, with its address.
+    sh("ip link add nbt0 type bridge && ip addr add 10.89.0.1/24 dev nbt0");
+    assert!(!cni(&env_of("ADD", "c1", &path), &failing).ok);
+    assert!(link_names().contains(&"nbt0".to_string()));
+    assert!(ip_json("addr show nbt0").to_string().contains("10.89.0.1"));
+    assert!(host_veths().is_empty() && leases().is_empty());
+}
+
+#[test]
+fn an_add_killed_at_any_moment_leaks_nothing() {
+    if !private_host("cni::an_add_killed_at_any_moment_leaks_nothing") {
+        return;
+    }
+    let firewall = which("nft");
+    netns::create_named("c1").expect("netns");
+    let config = conf("1.1.0", json!({"ipMasq": firewall}));
+    let path = netns_path("c1");
+    let env = env_of("ADD", "c1", &path);
+    for trial in 0..24u64 {
+        // 1-8 ms into the ADD, spread evenly over the trials.
+        let delay = Duration::from_micros(1000 + (trial * 7000 / 23));
+        let mut child = Command::new(cni_bin())
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start netbox-cni");
+        let mut input = child.stdin.take().expect("stdin");
+        let _ = input.write_all(config.as_bytes());
+        drop(input);
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        if trial % 2 == 0 {
+            // DEL while the namespace lives on: nothing of the attachment may stay.
+            let del = cni(&env_of("DEL", "c1", &path), &config);
+            assert!(del.ok, "trial {trial}: {}", del.stdout);
+            eventually("the veth to go", || {
+                host_veths().is_empty() && links_in("c1") == vec!["lo".to_string()]
+            });
+            assert!(leases().is_empty(), "trial {trial}: {:?}", leases());
+            let tables = crate::firewall::netbox_tables();
+            assert!(tables.is_empty(), "trial {trial}: {tables:?}");
+            assert!(
+                files_under(Path::new("/run/netbox/cni")).is_empty(),
+                "trial {trial}"
+            );
+        } else {
+            // No DEL: the next ADD of the same attachment clears what the killed one left,
+            // unless the killed one had finished: then it is live and the ADD is refused.
+            let record =
+                std::fs::read_to_string("/run/netbox/cni/c1+eth0.json").unwrap_or_default();
+            if record.contains("\"ready\"") {
+                assert_eq!(cni(&env, &config).code(), 4, "trial {trial}");
+                assert!(cni(&env_of("DEL", "c1", &path), &config).ok);
+                continue;
+            }
+            let result = cni(&env, &config);
+            assert!(result.ok, "trial {trial}: {}", result.stdout);
+            let check = cni(
+                &env_of("CHECK", "c1", &path),
+                &with_prev(&config, result.result()),
+            );
+            assert!(check.ok, "trial {trial}: {}", check.stdout);
+            assert!(cni(&env_of("DEL", "c1", &path), &config).ok);
+        }
+    }
+}
+
+fn which(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -18,6 +18,7 @@ fn veth(host: &str, peer: &str, controller: Option<u32>) -> VethSpec {
         controller,
         mtu: None,
         peer_mac: None,
+        host_mac: None,
         alias: Some("netbox:test".into()),
     }
 }

@@ -193,6 +193,20 @@ pub fn cni_host_ifname(container_id: &str, ifname: &str) -> String {
     format!("veth{:011x}", h >> 20)
 }
 
+/// The host end's MAC of a CNI attachment: locally administered, derived from the attachment
+/// like its name (with another seed). It is set in the request that creates the pair, so a link
+/// with both this name and this MAC is netbox's from its first instant, before its alias is
+/// written (the kernel ignores an alias in that request).
+pub fn cni_host_mac(container_id: &str, ifname: &str) -> [u8; 6] {
+    let mut h: u64 = 0x6e62_782d_636e_6921;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
 /// The owner recorded on a CNI attachment's host veth (what `ip link` shows as its alias):
 /// `netbox-cni:<network>:<container>:<ifname>`.
 pub fn cni_alias(network: &str, container_id: &str, ifname: &str) -> String {

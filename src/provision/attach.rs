@@ -29,6 +29,8 @@ pub struct AttachSpec {
     pub routes: Vec<(IpNetwork, Option<IpAddr>)>,
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
+    /// The host end's MAC (None: the kernel picks one).
+    pub host_mac: Option<[u8; 6]>,
     /// Who owns the attachment, recorded on the host veth (its alias).
     pub owner: String,
 }
@@ -70,25 +72,9 @@ pub async fn ensure_bridge_forced(
     let gateways = network.gateway_addresses();
     let mut present = Vec::new();
     if !gateways.is_empty() {
-        let v4 = gateways.iter().all(|g| g.is_ipv4());
-        let v6 = gateways.iter().all(|g| g.is_ipv6());
-        let family = (v4 || v6).then_some(v4);
-        present = host.addresses_of(Some(bridge.index), family).await?;
-        for gw in &gateways {
-            let subnet = IpNetwork::new(gw.network(), gw.prefix())
-                .map_err(|e| Error::Config(format!("gateway {gw}: {e}")))?;
-            for (_, other) in present.iter().filter(|(_, a)| {
-                a.is_ipv4() == gw.is_ipv4() && a.ip() != gw.ip() && subnet.contains(a.ip())
-            }) {
-                if !force_address {
-                    return Err(Error::Config(format!(
-                        "bridge \"{}\" already has address {other}, different from the gateway \
-                         {gw} of network \"{}\" (set forceAddress to replace it)",
-                        bridge.name, network.name
-                    )));
-                }
-                host.delete_address(bridge.index, *other).await?;
-            }
+        present = gateway_family_addresses(host, &bridge, &gateways).await?;
+        for other in foreign_addresses(network, &bridge, &gateways, &present, force_address)? {
+            host.delete_address(bridge.index, other).await?;
         }
     }
     // A gateway already on the bridge (the usual case: every sandbox after the first) needs
@@ -100,6 +86,62 @@ pub async fn ensure_bridge_forced(
         host.ensure_address(&bridge, gw).await?;
     }
     Ok(bridge)
+}
+
+/// Refuses, without changing anything, a bridge that carries another address in one of the
+/// network's gateway subnets (what [`ensure_bridge_forced`] without `force_address` refuses).
+pub async fn check_bridge_addresses(
+    host: &Netlink,
+    network: &NetworkSpec,
+    bridge: &Link,
+) -> Result<()> {
+    let gateways = network.gateway_addresses();
+    if gateways.is_empty() {
+        return Ok(());
+    }
+    let present = gateway_family_addresses(host, bridge, &gateways).await?;
+    foreign_addresses(network, bridge, &gateways, &present, false).map(|_| ())
+}
+
+/// The bridge's addresses, of the gateways' family when they share one.
+async fn gateway_family_addresses(
+    host: &Netlink,
+    bridge: &Link,
+    gateways: &[IpNetwork],
+) -> Result<Vec<(u32, IpNetwork)>> {
+    let v4 = gateways.iter().all(|g| g.is_ipv4());
+    let v6 = gateways.iter().all(|g| g.is_ipv6());
+    let family = (v4 || v6).then_some(v4);
+    Ok(host.addresses_of(Some(bridge.index), family).await?)
+}
+
+/// Addresses of `present` other than a gateway but inside a gateway's subnet: an error unless
+/// `force_address` (then they are the ones to replace).
+fn foreign_addresses(
+    network: &NetworkSpec,
+    bridge: &Link,
+    gateways: &[IpNetwork],
+    present: &[(u32, IpNetwork)],
+    force_address: bool,
+) -> Result<Vec<IpNetwork>> {
+    let mut out = Vec::new();
+    for gw in gateways {
+        let subnet = IpNetwork::new(gw.network(), gw.prefix())
+            .map_err(|e| Error::Config(format!("gateway {gw}: {e}")))?;
+        for (_, other) in present.iter().filter(|(_, a)| {
+            a.is_ipv4() == gw.is_ipv4() && a.ip() != gw.ip() && subnet.contains(a.ip())
+        }) {
+            if !force_address {
+                return Err(Error::Config(format!(
+                    "bridge \"{}\" already has address {other}, different from the gateway \
+                     {gw} of network \"{}\" (set forceAddress to replace it)",
+                    bridge.name, network.name
+                )));
+            }
+            out.push(*other);
+        }
+    }
+    Ok(out)
 }
 
 /// The per-sandbox half: a veth from `bridge` into `ns`, addresses and routes inside. Undoes
@@ -118,6 +160,7 @@ pub async fn attach_to_bridge(
         controller: Some(bridge.index),
         mtu: spec.mtu.or(network.mtu),
         peer_mac: spec.mac,
+        host_mac: spec.host_mac,
         alias: Some(spec.owner.clone()),
     };
     host.create_veth_pair(&veth, ns).await?;
@@ -207,7 +250,7 @@ async fn configure_sandbox(
 /// away, because the kernel frees a veth's name only once its namespace is gone.
 pub fn random_host_ifname() -> String {
     let mut buf = [0u8; 4];
-    if getrandom(&mut buf).is_err() {
+    if crate::sys::netlink::getrandom(&mut buf).is_err() {
         // Fall back on time and pid: unique enough for a name that is retried on EEXIST.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -216,14 +259,4 @@ pub fn random_host_ifname() -> String {
         buf = (t ^ std::process::id().rotate_left(16)).to_be_bytes();
     }
     format!("nbx{:08x}", u32::from_be_bytes(buf))
-}
-
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    // SAFETY: buf is valid for writes of its length.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n as usize == buf.len() {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }

@@ -350,6 +350,12 @@ impl Store {
         Ok(count)
     }
 
+    /// Refuses what [`Store::allocate`] would refuse in `requested` whatever the leases
+    /// (outside every range, reserved, two in one set), without touching anything.
+    pub fn check_request(&self, cfg: &IpamConfig, requested: &[IpAddr]) -> Result<()> {
+        self.requested_per_set(cfg, requested).map(|_| ())
+    }
+
     /// One requested address per range set (None where none was asked for), checked against
     /// the configuration before anything is locked.
     fn requested_per_set(

@@ -189,6 +189,38 @@ pub fn gc(dry_run: bool) -> Result<Report> {
         .filter(|r| view.record_stale(r))
         .collect();
 
+    // Host ends of stale CNI records not yet named by an alias (their ADD was killed right
+    // after making them): known by the name and MAC derived from the record's owner.
+    for record in stale.iter().filter(|r| r.kind == Kind::Cni) {
+        let Owner::Cni {
+            container_id,
+            ifname,
+        } = &record.owner
+        else {
+            continue;
+        };
+        let mac = crate::model::owner::cni_host_mac(container_id, ifname);
+        for link in view
+            .links
+            .iter()
+            .filter(|l| l.alias.is_none() && l.name == record.host_ifname && l.mac == Some(mac))
+        {
+            let r = if dry_run {
+                Ok(())
+            } else {
+                rt.block_on(host.delete_link_index(link.index, &link.name))
+                    .map_err(Error::from)
+            };
+            note(
+                &mut report,
+                "veth",
+                link.name.clone(),
+                Some(&record.owner),
+                r,
+            );
+        }
+    }
+
     // Named namespaces of stale records, only when they are the ones netbox made.
     for record in stale.iter().filter(|r| r.kind != Kind::Cni) {
         let path = netns::named_path(&record.name);

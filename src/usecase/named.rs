@@ -123,6 +123,7 @@ fn wire(spec: &AddSpec, network: &NetworkSpec, record: &mut Record, ns: &NetNs) 
             routes: network.ipam.routes.iter().map(|r| (r.dst, r.gw)).collect(),
             mtu: spec.mtu,
             mac: spec.mac,
+            host_mac: None,
             owner: crate::model::owner::alias(&network.name, &record.owner)?,
         };
         attach::attach_to_bridge(&host, &inside, ns, network, &bridge, &attach_spec).await?;

@@ -112,6 +112,7 @@ fn run_bridged(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
             routes: network.ipam.routes.iter().map(|r| (r.dst, r.gw)).collect(),
             mtu: spec.mtu,
             mac: spec.mac,
+            host_mac: None,
             owner: crate::model::owner::alias(&network.name, &owner)?,
         };
         let attached: Attachment =

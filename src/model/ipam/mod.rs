@@ -34,6 +34,8 @@ pub enum IpamError {
         "ipam: subnet {subnet} is too small to allocate from (at most /30 for IPv4, /126 for IPv6)"
     )]
     SubnetTooSmall { subnet: IpNetwork },
+    #[error("ipam: subnet {subnet} covers every address; give a real subnet")]
+    SubnetEverything { subnet: IpNetwork },
     #[error("ipam: rangeStart {start} is after rangeEnd {end}")]
     StartAfterEnd { start: IpAddr, end: IpAddr },
     #[error("ipam: range {range} mixes address families with the rest of its range set (one family per set)")]

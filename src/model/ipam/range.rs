@@ -82,6 +82,10 @@ impl Range {
             })?;
         // host-local refuses these too: a /31 or /32 (/127, /128) has no room for a gateway
         // and a sandbox besides the network address.
+        // A /0 would claim every address: its gateway and routes would shadow the host's.
+        if subnet.prefix() == 0 {
+            return Err(IpamError::SubnetEverything { subnet });
+        }
         let max = if subnet.is_ipv4() { 32 } else { 128 };
         if subnet.prefix() > max - 2 {
             return Err(IpamError::SubnetTooSmall { subnet });

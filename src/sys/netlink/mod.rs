@@ -81,6 +81,8 @@ pub struct Link {
     pub kind: Option<String>,
     pub alias: Option<String>,
     pub up: bool,
+    /// IFLA_LINK: for a veth, its peer's index (in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 impl Link {
@@ -130,6 +132,10 @@ pub struct VethSpec {
     pub controller: Option<u32>,
     pub mtu: Option<u32>,
     pub peer_mac: Option<[u8; 6]>,
+    /// The host end's MAC, set in the request that creates the pair: the kernel ignores an
+    /// alias there, so an owner that must recognize the link from its first instant (a
+    /// killed creator) derives it from its identity.
+    pub host_mac: Option<[u8; 6]>,
     /// Recorded as the host end's alias (IFLA_IFALIAS): who owns this link.
     pub alias: Option<String>,
 }
@@ -289,7 +295,12 @@ impl Netlink {
         if let Some(link) = existing {
             return self.reuse_bridge(spec, link).await;
         }
-        let mut builder = LinkBridge::new(&spec.name).up();
+        // Pinned at creation: otherwise the kernel gives the bridge the lowest MAC of its ports,
+        // which changes as ports come and go (results would lie, neighbours would re-learn the
+        // gateway). An address set on creation is one the kernel keeps.
+        let mut builder = LinkBridge::new(&spec.name)
+            .up()
+            .address(random_mac().to_vec());
         if let Some(mtu) = spec.mtu {
             builder = builder.mtu(mtu);
         }
@@ -387,6 +398,9 @@ impl Netlink {
         }
         if let Some(mtu) = spec.mtu {
             host = host.mtu(mtu);
+        }
+        if let Some(mac) = spec.host_mac {
+            host = host.address(mac.to_vec());
         }
         match self.handle.link().add(host.build()).execute().await {
             Ok(()) => {}
@@ -738,6 +752,33 @@ pub fn ifname_problem(name: &str) -> Option<&'static str> {
     }
 }
 
+/// A random locally administered unicast MAC.
+pub fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    if getrandom(&mut mac).is_err() {
+        // Time and pid: distinct enough for a bridge's address.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id()).rotate_left(40);
+        mac.copy_from_slice(&t.to_be_bytes()[2..]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// Fills `buf` from the kernel's random source.
+pub fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    // SAFETY: buf is valid for writes of its length.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n >= 0 && n as usize == buf.len() {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 pub fn format_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -844,6 +885,7 @@ fn link_from_message(msg: &LinkMessage) -> Link {
         kind: None,
         alias: None,
         up: msg.header.flags.contains(LinkFlags::Up),
+        peer: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -856,6 +898,7 @@ fn link_from_message(msg: &LinkMessage) -> Link {
             LinkAttribute::Mtu(m) => link.mtu = Some(*m),
             LinkAttribute::Controller(c) => link.controller = Some(*c),
             LinkAttribute::IfAlias(a) => link.alias = Some(a.clone()),
+            LinkAttribute::Link(peer) => link.peer = Some(*peer),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(kind) = info {

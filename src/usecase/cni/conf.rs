@@ -289,6 +289,7 @@ impl NetConf {
         }
         let mtu = match v.get("mtu") {
             None | Some(Value::Null) => None,
+            Some(n) if !n.is_number() => return Err(decode("mtu: must be a number")),
             Some(n) => match n.as_u64() {
                 Some(0) => None,
                 Some(m) if (68..=65535).contains(&m) => u32::try_from(m).ok(),
@@ -343,9 +344,16 @@ impl NetConf {
             }
         }
         if let Some(mac) = mac {
-            if mac[0] & 1 == 1 {
+            let problem = if mac[0] & 1 == 1 {
+                Some("a multicast address cannot name an interface")
+            } else if mac == [0; 6] {
+                Some("the all-zero address cannot name an interface")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
                 return Err(CniError::config(format!(
-                    "mac {}: a multicast address cannot name an interface",
+                    "mac {}: {problem}",
                     crate::sys::netlink::format_mac(&mac)
                 )));
             }

@@ -5,6 +5,7 @@
 //!   on the host is touched, so a bad input changes nothing;
 //! - `result`: the result in every version's form;
 //! - `ops`: ADD, DEL, CHECK, GC and STATUS over `attach` and the IPAM store;
+//! - `prior`: what an ADD finds of an earlier attachment of the same container and interface;
 //! - `delegate`: running another IPAM plugin found on CNI_PATH.
 //!
 //! Every failure is a [`CniError`] carrying one of the spec's codes.
@@ -12,6 +13,7 @@
 pub mod conf;
 pub mod delegate;
 pub mod ops;
+pub mod prior;
 pub mod result;
 
 use serde::Serialize;
@@ -261,7 +263,7 @@ fn run_inner(
     if parsed.command == Command::Version {
         return (
             None,
-            serde_json::to_value(VersionResult::new())
+            serde_json::to_value(VersionResult::answering(stdin))
                 .map(Some)
                 .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string())),
         );
@@ -284,6 +286,19 @@ pub struct VersionResult {
 }
 
 impl VersionResult {
+    /// The answer to a VERSION whose input is `stdin`: its `cniVersion` is the one given there
+    /// (SPEC.md, "VERSION Success"), the current version when none is.
+    pub fn answering(stdin: &[u8]) -> Self {
+        let given = serde_json::from_slice::<serde_json::Value>(stdin)
+            .ok()
+            .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+            .filter(|v| !v.is_empty());
+        VersionResult {
+            cni_version: given.unwrap_or_else(|| CURRENT_VERSION.into()),
+            ..VersionResult::new()
+        }
+    }
+
     pub fn new() -> Self {
         VersionResult {
             cni_version: CURRENT_VERSION.into(),

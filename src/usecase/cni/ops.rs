@@ -16,12 +16,13 @@ use serde_json::Value;
 
 use super::conf::{Command, Env, Ipam, NetConf};
 use super::delegate;
+use super::prior::{self, Stale};
 use super::result::{CniResult, Dns, Interface, IpConfig, RouteEntry};
 use super::{code, CniError, VersionResult};
 use crate::firewall::{self, FirewallSpec};
 use crate::model::ipam::{IpamConfig, Range};
 use crate::model::network::NetworkSpec;
-use crate::model::owner::{cni_alias, cni_host_ifname, Owner, CNI_ALIAS_PREFIX};
+use crate::model::owner::{cni_alias, cni_host_ifname, cni_host_mac, Owner, CNI_ALIAS_PREFIX};
 use crate::provision::attach::{self, AttachSpec};
 use crate::provision::leases::Store;
 use crate::provision::records;
@@ -36,10 +37,20 @@ pub fn execute(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>,
         Command::Check => check(env, conf, stdin).map(|()| None),
         Command::Gc => gc(env, conf, stdin).map(|()| None),
         Command::Status => status(conf).map(|()| None),
-        Command::Version => serde_json::to_value(VersionResult::new())
+        Command::Version => serde_json::to_value(VersionResult::answering(stdin))
             .map(Some)
             .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string())),
     }
+}
+
+/// True when `link` is the host end netbox made for this attachment: its alias says so, or it
+/// carries the attachment's derived name and MAC.
+fn is_ours(link: &Link, env: &Env) -> bool {
+    if let Some(alias) = &link.alias {
+        return alias.starts_with(CNI_ALIAS_PREFIX);
+    }
+    link.name == cni_host_ifname(&env.container_id, &env.ifname)
+        && link.mac == Some(cni_host_mac(&env.container_id, &env.ifname))
 }
 
 fn owner(env: &Env) -> Owner {
@@ -197,33 +208,60 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, CniError> {
     let (ns, ns_path) = netns_of(env, code::INVALID_ENVIRONMENT)?;
     // The socket inside is opened on its own thread while this one records the attachment.
     let inside = Netlink::connect_in_background(&ns).map_err(io_failure)?;
+    // Refused before anything is looked at, rather than rolled back.
     if conf.wants_firewall() {
-        // Refused before anything is made, rather than rolled back.
         firewall::nft::binary()?;
+    }
+    if let Ipam::Delegated { plugin } = &conf.ipam {
+        delegate::find(plugin, env)?;
+    }
+    if let Ipam::Builtin(cfg) = &conf.ipam {
+        open_store(conf, cfg)?.check_request(cfg, &conf.ips)?;
     }
     // gc waits while an ADD is at work, and the record says what this one makes before it
     // makes anything (see `state`).
     let _lock = records::Lock::shared().map_err(io_failure)?;
-    let previous = records::load_cni(&owner(env)).ok().flatten();
-    let mut record = cni_record(env, conf, &ns, &ns_path)?;
-    record.save().map_err(io_failure)?;
-    let added = add_recorded(env, conf, stdin, inside, &ns, &ns_path, start);
-    let kept = match &added {
-        Ok(result) => {
-            record.phase = records::Phase::Ready;
-            record.addresses = result.ips.iter().map(|i| i.address.to_string()).collect();
-            record.save()
+    let previous = match records::load_cni(&owner(env)) {
+        Ok(p) => p,
+        Err(e) => {
+            // Unreadable: judged from the links alone, and replaced by this ADD's record.
+            tracing::warn!(%e, "reading the attachment's record");
+            None
         }
-        // A failed ADD leaves nothing, or the earlier attachment of the same container.
-        Err(_) => match previous {
-            Some(previous) => previous.save(),
-            None => record.remove(),
-        },
     };
-    if let Err(e) = kept {
-        tracing::warn!(%e, "updating the attachment's record");
+    let mut record = cni_record(env, conf, &ns, &ns_path)?;
+    // Without an earlier record (the usual case) this one is written while the socket inside
+    // opens; otherwise only once the earlier attachment is judged stale.
+    let early = previous.is_none();
+    if early {
+        record.save().map_err(io_failure)?;
     }
-    added
+    let added = match runtime() {
+        Ok(rt) => rt.block_on(add_recorded(
+            env,
+            conf,
+            stdin,
+            inside,
+            &ns,
+            &ns_path,
+            previous,
+            &mut record,
+            start,
+        )),
+        Err(e) => Err((e, false)),
+    };
+    match &added {
+        Ok(_) => {}
+        // A refused or failed ADD leaves no record of its own; a refusal before the earlier
+        // attachment was judged stale leaves that one's record as it was.
+        Err((_, touched)) if *touched || early => {
+            if let Err(e) = record.remove() {
+                tracing::warn!(%e, "removing the record of a failed ADD");
+            }
+        }
+        Err(_) => {}
+    }
+    added.map_err(|(e, _)| e)
 }
 
 fn io_failure(e: crate::Error) -> CniError {
@@ -259,106 +297,179 @@ fn cni_record(
     })
 }
 
-fn add_recorded(
+/// Errors of [`add_recorded`] say whether the record was (re)written.
+type AddError = (CniError, bool);
+
+#[allow(clippy::too_many_arguments)]
+async fn add_recorded(
     env: &Env,
     conf: &NetConf,
     stdin: &[u8],
     inside: crate::sys::netlink::PendingConnection,
     ns: &NetNs,
     ns_path: &str,
+    previous: Option<records::Record>,
+    record: &mut records::Record,
     start: std::time::Instant,
-) -> Result<CniResult, CniError> {
+) -> Result<CniResult, AddError> {
     let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
-    let ns_path = ns_path.to_string();
-    runtime()?.block_on(async {
-        let host = Netlink::connect()?;
-        let sandbox = inside.finish()?;
-        phase("connected");
-        let host_ifname = cni_host_ifname(&env.container_id, &env.ifname);
-        let alias = cni_alias(&conf.name, &env.container_id, &env.ifname);
-        let (inside, bridge, existing) = futures::try_join!(
-            sandbox.link_by_name(&env.ifname),
-            host.link_by_name(&conf.bridge),
-            host.link_by_name(&host_ifname)
-        )?;
-        // Everything that can be refused is refused before IPAM is asked for anything.
-        if let Some(b) = bridge
-            .as_ref()
-            .filter(|b| b.kind.as_deref() != Some("bridge"))
-        {
-            return Err(CniError::config(format!(
-                "bridge: \"{}\" exists but is a {}, not a bridge",
-                b.name,
-                b.kind.as_deref().unwrap_or("device of unknown kind")
-            )));
-        }
-        let (stale, taken) = match existing {
-            Some(l) if l.alias.as_deref() == Some(alias.as_str()) => (Some(l), None),
-            other => (None, other),
-        };
-        if let Some(taken) = taken {
-            return Err(CniError::new(
-                code::TRY_AGAIN_LATER,
-                format!(
-                    "host interface \"{host_ifname}\" (the name derived from container {} and {}) \
-                     is taken by {}",
-                    env.container_id,
-                    env.ifname,
-                    taken
-                        .alias
-                        .as_deref()
-                        .unwrap_or("a link netbox did not make")
-                ),
-            ));
-        }
-        // Left by an attachment of this very container and interface: its veth still being
-        // deleted (DEL leaves that to a helper), or its DEL never came. That veth, recognized
-        // by name and alias, goes now, and its peer inside with it.
-        if let Some(stale) = &stale {
-            host.delete_link_index(stale.index, &stale.name).await?;
-        }
-        let inside = match (inside, &stale) {
-            (Some(_), Some(_)) => sandbox.link_by_name(&env.ifname).await?,
-            (inside, _) => inside,
-        };
-        if inside.is_some() {
-            return Err(CniError::env(format!(
-                "interface \"{}\" already exists in {ns_path}",
-                env.ifname
-            )));
-        }
-        phase("checked");
+    let refused = |e: CniError| (e, false);
+    let host = Netlink::connect().map_err(|e| refused(e.into()))?;
+    let sandbox = inside.finish().map_err(|e| refused(io_failure(e)))?;
+    phase("connected");
+    let host_name = cni_host_ifname(&env.container_id, &env.ifname);
+    let (inside_link, bridge, existing) = futures::try_join!(
+        sandbox.link_by_name(&env.ifname),
+        host.link_by_name(&conf.bridge),
+        host.link_by_name(&host_name)
+    )
+    .map_err(|e| refused(e.into()))?;
+    // Everything that can be refused is refused before anything is changed.
+    if let Some(b) = bridge
+        .as_ref()
+        .filter(|b| b.kind.as_deref() != Some("bridge"))
+    {
+        return Err(refused(CniError::config(format!(
+            "bridge: \"{}\" exists but is a {}, not a bridge",
+            b.name,
+            b.kind.as_deref().unwrap_or("device of unknown kind")
+        ))));
+    }
+    if let Some(taken) = existing.as_ref().filter(|l| !is_ours(l, env)) {
+        return Err(refused(CniError::new(
+            code::TRY_AGAIN_LATER,
+            format!(
+                "host interface \"{host_name}\" (the name derived from container {} and {}) is \
+                 taken by {}",
+                env.container_id,
+                env.ifname,
+                taken
+                    .alias
+                    .as_deref()
+                    .unwrap_or("a link netbox did not make")
+            ),
+        )));
+    }
+    let stale = prior::Found {
+        container_id: &env.container_id,
+        ifname: &env.ifname,
+        ns_path,
+        ns_inode: record.netns_inode.unwrap_or_default(),
+        record: previous,
+        host: existing,
+        inside: inside_link,
+    }
+    .judge()
+    .map_err(refused)?;
+    if let (Ipam::Builtin(cfg), Some(bridge), false) = (&conf.ipam, &bridge, conf.force_address) {
+        attach::check_bridge_addresses(&host, &network_spec(conf, cfg.clone()), bridge)
+            .await
+            .map_err(|e| refused(e.into()))?;
+    }
+    phase("checked");
+    if let Some(stale) = stale {
+        clear_stale(env, conf, stdin, &host, stale).await;
+        record.save().map_err(|e| (io_failure(e), true))?;
+    }
+    let created_bridge = bridge.is_none();
+    let made = async {
         let addressing = ipam_add(env, conf, stdin)?;
         phase("addresses allocated");
-        match wire(
-            env,
-            conf,
-            &host,
-            &sandbox,
-            ns,
-            &ns_path,
-            bridge,
-            &addressing,
-        )
-        .await
-        {
-            Ok(result) => Ok(result),
-            Err(e) => {
-                // The attachment undid itself (attach's rollback, or the veth removal below);
-                // the addresses go back too, so a failed ADD leaves nothing behind.
-                let _ = host.delete_link(&host_ifname).await;
-                if conf.wants_firewall() {
-                    if let Err(undo) = firewall::remove(&owner(env)) {
-                        tracing::warn!(%undo, "removing rules after a failed ADD");
-                    }
-                }
-                if let Err(undo) = ipam_del(env, conf, stdin) {
-                    tracing::warn!(%undo, "releasing addresses after a failed ADD");
-                }
-                Err(e)
+        let wired = wire(env, conf, &host, &sandbox, ns, ns_path, bridge, &addressing).await;
+        let result = wired.and_then(|result| {
+            record.phase = records::Phase::Ready;
+            record.addresses = result.ips.iter().map(|i| i.address.to_string()).collect();
+            // A record that says `creating` would let the next ADD take this attachment for
+            // the leftovers of a dead one: the ADD fails instead.
+            record.save().map_err(io_failure)?;
+            Ok(result)
+        });
+        if result.is_err() {
+            // Addresses go back too, so a failed ADD leaves nothing behind.
+            if let Err(undo) = ipam_del(env, conf, stdin) {
+                tracing::warn!(%undo, "releasing addresses after a failed ADD");
             }
         }
-    })
+        result
+    };
+    match made.await {
+        Ok(result) => Ok(result),
+        Err(e) => {
+            // The attachment undid itself (attach's rollback, or the veth removal here).
+            if let Err(undo) = host.delete_link(&host_name).await {
+                tracing::warn!(%undo, "removing the veth after a failed ADD");
+            }
+            if conf.wants_firewall() {
+                if let Err(undo) = firewall::remove(&owner(env)) {
+                    tracing::warn!(%undo, "removing rules after a failed ADD");
+                }
+            }
+            if created_bridge {
+                remove_unused_bridge(&host, &conf.bridge).await;
+            }
+            Err((e, true))
+        }
+    }
+}
+
+/// Clears what a provably stale earlier attachment left (see `prior`): its veth (and the peer
+/// with it), rules, addresses. Best effort: what remains is the new ADD's to fail on.
+async fn clear_stale(env: &Env, conf: &NetConf, stdin: &[u8], host: &Netlink, stale: Stale) {
+    tracing::info!(
+        why = stale.why,
+        "clearing a stale attachment of the same container"
+    );
+    if let Some(link) = &stale.host {
+        if let Err(e) = host.delete_link_index(link.index, &link.name).await {
+            tracing::warn!(%e, "removing a stale veth");
+        }
+    }
+    if firewall::nft::available() {
+        if let Err(e) = firewall::remove(&owner(env)) {
+            tracing::warn!(%e, "removing a stale attachment's rules");
+        }
+    }
+    let released = match (&conf.ipam, &stale.record) {
+        // The leases are where the earlier ADD put them.
+        (_, Some(r)) if matches!(conf.ipam, Ipam::Builtin(_)) || r.network != conf.name => {
+            Store::open(&r.data_dir, &r.network)
+                .and_then(|s| s.release(&owner(env)))
+                .map(|_| ())
+                .map_err(CniError::from)
+        }
+        _ => ipam_del(env, conf, stdin),
+    };
+    if let Err(e) = released {
+        tracing::warn!(%e, "releasing a stale attachment's addresses");
+    }
+}
+
+/// Removes a bridge this ADD created, unless another attachment has joined it since.
+async fn remove_unused_bridge(host: &Netlink, name: &str) {
+    let Ok(Some(bridge)) = host.link_by_name(name).await else {
+        return;
+    };
+    let ports = match host.links().await {
+        Ok(links) => links.iter().any(|l| l.controller == Some(bridge.index)),
+        Err(_) => true,
+    };
+    if !ports {
+        if let Err(e) = host.delete_link_index(bridge.index, &bridge.name).await {
+            tracing::warn!(%e, "removing the bridge a failed ADD created");
+        }
+    }
+}
+
+fn network_spec(conf: &NetConf, ipam: IpamConfig) -> NetworkSpec {
+    NetworkSpec {
+        name: conf.name.clone(),
+        bridge: conf.bridge.clone(),
+        mtu: conf.mtu,
+        is_gateway: conf.is_gateway,
+        is_default_gateway: conf.is_default_gateway,
+        ipam,
+        source: None,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -372,15 +483,7 @@ async fn wire(
     bridge: Option<Link>,
     addressing: &Addressing,
 ) -> Result<CniResult, CniError> {
-    let network = NetworkSpec {
-        name: conf.name.clone(),
-        bridge: conf.bridge.clone(),
-        mtu: conf.mtu,
-        is_gateway: conf.is_gateway,
-        is_default_gateway: conf.is_default_gateway,
-        ipam: addressing.ipam.clone(),
-        source: None,
-    };
+    let network = network_spec(conf, addressing.ipam.clone());
     let bridge = attach::ensure_bridge_forced(host, &network, bridge, conf.force_address).await?;
     tracing::debug!("bridge ready");
     if conf.promisc_mode {
@@ -418,6 +521,7 @@ async fn wire(
         routes,
         mtu: conf.mtu,
         mac: conf.mac,
+        host_mac: Some(cni_host_mac(&env.container_id, &env.ifname)),
         owner: cni_alias(&conf.name, &env.container_id, &env.ifname),
     };
     let mut attached =
@@ -556,11 +660,7 @@ fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         rt.block_on(async {
             let host = Netlink::connect()?;
             if let Some(link) = host.link_by_name(&name).await? {
-                if link
-                    .alias
-                    .as_deref()
-                    .is_some_and(|a| a.starts_with(CNI_ALIAS_PREFIX))
-                {
+                if is_ours(&link, env) {
                     host.set_down(&link).await?;
                     if !spawn_reaper(&link) {
                         // Removing the host end removes the pair, addresses and routes inside.
@@ -595,9 +695,13 @@ fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     result
 }
 
-/// Environment variable that makes `netbox-cni` a reaper: `INDEX:NAME` of a host veth to
-/// delete, once, if it is still a netbox-cni link by that index and name.
+/// Environment variable that makes `netbox-cni` a reaper: `INDEX:NAME:MAC` (MAC in plain hex)
+/// of a host veth to delete, once, if it is still that netbox-cni link.
 pub const REAP_ENV: &str = "NETBOX_CNI_REAP";
+
+fn hex(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Starts a detached reaper for `link`: the plugin binary itself, in its own process group,
 /// with no stdio (a runtime waits for the plugin's stdout to close, so none may be inherited).
@@ -607,7 +711,15 @@ fn spawn_reaper(link: &Link) -> bool {
     };
     std::process::Command::new(exe)
         .env_clear()
-        .env(REAP_ENV, format!("{}:{}", link.index, link.name))
+        .env(
+            REAP_ENV,
+            format!(
+                "{}:{}:{}",
+                link.index,
+                link.name,
+                link.mac.map(|m| hex(&m)).unwrap_or_default()
+            ),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -616,21 +728,28 @@ fn spawn_reaper(link: &Link) -> bool {
         .is_ok()
 }
 
-/// The reaper's work (see [`REAP_ENV`]). The index and the alias are checked again, so a link
-/// made since under the same name is never touched.
+/// The reaper's work (see [`REAP_ENV`]). Index, name and MAC are checked again, and the alias
+/// when there is one, so a link made since under the same name is never touched.
 pub fn reap(job: &str) -> Result<(), CniError> {
-    let (index, name) = job
-        .split_once(':')
-        .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n)))
-        .ok_or_else(|| CniError::env(format!("{REAP_ENV}: {job:?} is not INDEX:NAME")))?;
+    let mut parts = job.splitn(3, ':');
+    let (Some(index), Some(name), mac) = (
+        parts.next().and_then(|i| i.parse::<u32>().ok()),
+        parts.next(),
+        parts.next().unwrap_or_default(),
+    ) else {
+        return Err(CniError::env(format!(
+            "{REAP_ENV}: {job:?} is not INDEX:NAME:MAC"
+        )));
+    };
     runtime()?.block_on(async {
         let host = Netlink::connect()?;
         if let Some(link) = host.link_by_index(index).await? {
             let ours = link
                 .alias
                 .as_deref()
-                .is_some_and(|a| a.starts_with(CNI_ALIAS_PREFIX));
-            if ours && link.name == name {
+                .is_none_or(|a| a.starts_with(CNI_ALIAS_PREFIX));
+            let same = link.name == name && link.mac.map(|m| hex(&m)).unwrap_or_default() == mac;
+            if ours && same {
                 host.delete_link_index(link.index, &link.name).await?;
             }
         }
@@ -760,15 +879,33 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         .map(|(id, ifname)| cni_host_ifname(id, ifname))
         .collect();
     let prefix = format!("{CNI_ALIAS_PREFIX}{}:", conf.name);
+    // Host ends not yet named by an alias (an ADD killed right after making them) are known by
+    // their records: derived name and MAC.
+    let unaliased: HashSet<(String, [u8; 6])> = records::list()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.kind == records::Kind::Cni && r.network == conf.name)
+        .filter_map(|r| match r.owner {
+            Owner::Cni {
+                container_id,
+                ifname,
+            } => Some((
+                cni_host_ifname(&container_id, &ifname),
+                cni_host_mac(&container_id, &ifname),
+            )),
+            _ => None,
+        })
+        .collect();
     let veths = runtime().and_then(|rt| {
         rt.block_on(async {
             let host = Netlink::connect()?;
             let mut first_error = None;
             for link in host.links().await? {
-                let ours = link
-                    .alias
-                    .as_deref()
-                    .is_some_and(|a| a.starts_with(&prefix));
+                let ours = match (&link.alias, link.mac) {
+                    (Some(a), _) => a.starts_with(&prefix),
+                    (None, Some(mac)) => unaliased.contains(&(link.name.clone(), mac)),
+                    (None, None) => false,
+                };
                 if ours && !keep.contains(&link.name) {
                     if let Err(e) = host.delete_link_index(link.index, &link.name).await {
                         first_error.get_or_insert(CniError::from(e));
