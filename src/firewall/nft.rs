@@ -36,7 +36,23 @@ pub fn available() -> bool {
 fn run(args: &[&str], input: Option<&[u8]>) -> Result<Option<Value>, FirewallError> {
     let nft = binary()?;
     let start = std::time::Instant::now();
-    let mut child = Command::new(&nft)
+    let mut cmd = Command::new(&nft);
+    let parent = std::process::id() as libc::pid_t;
+    // nft dies with its caller: a caller killed mid-way (a runtime's timeout) must not have its
+    // transaction committed later, behind the back of the DEL that cleans up after it.
+    // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(125);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .arg("-j")
         .args(args)
         .stdin(if input.is_some() {
