@@ -1284,9 +1284,18 @@ fn attachment_state(ns: &str) -> String {
                 links
                     .iter()
                     .map(|l| {
+                        // Global addresses only: link-local ones come and go with DAD.
+                        let global: Vec<String> = l["addr_info"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter(|a| a["scope"] == "global")
+                            .map(|a| format!("{}/{}", a["local"], a["prefixlen"]))
+                            .collect();
+                        let up = l["flags"].to_string().contains("\"UP\"");
                         format!(
-                            "{} {} {} {} {}",
-                            l["ifname"], l["address"], l["operstate"], l["ifalias"], l["addr_info"]
+                            "{} {} up={up} {} {global:?}",
+                            l["ifname"], l["address"], l["ifalias"]
                         )
                     })
                     .collect::<Vec<_>>()
