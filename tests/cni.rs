@@ -1520,3 +1520,122 @@ fn which(tool: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+#[test]
+fn an_ipam_delegate_that_stops_at_1_0_0_serves_a_1_1_0_network() {
+    if !private_host("cni::an_ipam_delegate_that_stops_at_1_0_0_serves_a_1_1_0_network") {
+        return;
+    }
+    if !Path::new(REFERENCE_HOST_LOCAL).exists() {
+        skip(
+            "cni::an_ipam_delegate_that_stops_at_1_0_0_serves_a_1_1_0_network",
+            "containernetworking-plugins is not installed (/usr/lib/cni/host-local)",
+        );
+        return;
+    }
+    // Debian's host-local 1.1.1 speaks up to 1.0.0: called at 1.0.0, its result converted.
+    let data = "/var/lib/netbox/host-local";
+    let config = conf(
+        "1.1.0",
+        json!({"ipam": {"type": "host-local", "subnet": "10.89.3.0/24", "dataDir": data}}),
+    );
+    let lease = |ip: &str| Path::new(&format!("{data}/testnet/{ip}")).exists();
+    for id in ["a", "b"] {
+        netns::create_named(id).expect("netns");
+        let result = add(id, id, &config);
+        assert_eq!(result["cniVersion"], "1.1.0");
+        let check = cni(
+            &env_of("CHECK", id, &netns_path(id)),
+            &with_prev(&config, &result),
+        );
+        assert!(check.ok, "{}", check.stdout);
+    }
+    assert!(lease("10.89.3.2") && lease("10.89.3.3"));
+    assert!(cni(&env_of("DEL", "a", &netns_path("a")), &config).ok);
+    assert!(!lease("10.89.3.2") && lease("10.89.3.3"));
+    // GC: host-local 1.1.1 has none, so each attachment netbox recorded and the runtime no
+    // longer lists gets the delegate's DEL.
+    add("a", "a", &config);
+    let mut gc_conf: Value = serde_json::from_str(&config).expect("json");
+    gc_conf["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
+    let gc = cni(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/usr/lib/cni")],
+        &gc_conf.to_string(),
+    );
+    assert!(gc.ok, "{}", gc.stdout);
+    assert!(
+        lease("10.89.3.4") && !lease("10.89.3.3"),
+        "{:?}",
+        files_under(Path::new(data))
+    );
+    eventually("b's veth to go", || host_veths().len() == 1);
+    // STATUS: the delegate has none; netbox's own checks pass.
+    let status = cni(
+        &[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/usr/lib/cni")],
+        &config,
+    );
+    assert!(status.ok, "{}", status.stdout);
+}
+
+/// A delegate that speaks 1.1.0: logs each call, answers STATUS with 50 while `full` exists.
+fn fake_ipam(dir: &Path) -> PathBuf {
+    let script = dir.join("fake-ipam");
+    let log = dir.join("calls");
+    let full = dir.join("full");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+input=$(cat)
+echo "$CNI_COMMAND $input" >> {log}
+case "$CNI_COMMAND" in
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
+ADD) echo '{{"cniVersion":"1.1.0","ips":[{{"address":"10.89.5.2/24","gateway":"10.89.5.1"}}]}}' ;;
+STATUS) if [ -e {full} ]; then
+    echo '{{"cniVersion":"1.1.0","code":50,"msg":"the pool is exhausted"}}'; exit 1; fi ;;
+esac
+"#,
+            log = log.display(),
+            full = full.display()
+        ),
+    )
+    .expect("script");
+    sh(&format!("chmod 755 {}", script.display()));
+    log
+}
+
+#[test]
+fn gc_and_status_are_forwarded_to_a_delegate_that_speaks_them() {
+    if !private_host("cni::gc_and_status_are_forwarded_to_a_delegate_that_speaks_them") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = fake_ipam(dir.path());
+    let path = dir.path().display().to_string();
+    let config = conf("1.1.0", json!({"ipam": {"type": "fake-ipam"}}));
+    let status = || cni(&[("CNI_COMMAND", "STATUS"), ("CNI_PATH", &path)], &config);
+    assert!(status().ok, "{}", status().stdout);
+    std::fs::write(dir.path().join("full"), "").expect("full");
+    let refused = status();
+    assert_eq!(refused.code(), 50, "{}", refused.stdout);
+    assert!(
+        refused.stdout.contains("the pool is exhausted"),
+        "{}",
+        refused.stdout
+    );
+    let mut gc_conf: Value = serde_json::from_str(&config).expect("json");
+    gc_conf["cni.dev/valid-attachments"] = json!([{"containerID": "x", "ifname": "eth0"}]);
+    let gc = cni(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", &path)],
+        &gc_conf.to_string(),
+    );
+    assert!(gc.ok, "{}", gc.stdout);
+    let calls = std::fs::read_to_string(&log).expect("log");
+    let gc_call = calls
+        .lines()
+        .find(|l| l.starts_with("GC "))
+        .unwrap_or_else(|| panic!("no GC call: {calls}"));
+    assert!(gc_call.contains("cni.dev/valid-attachments"), "{gc_call}");
+    assert!(gc_call.contains("\"cniVersion\":\"1.1.0\""), "{gc_call}");
+    assert!(calls.lines().any(|l| l.starts_with("STATUS ")), "{calls}");
+}

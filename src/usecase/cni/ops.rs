@@ -36,7 +36,7 @@ pub fn execute(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>,
         Command::Del => del(env, conf, stdin).map(|()| None),
         Command::Check => check(env, conf, stdin).map(|()| None),
         Command::Gc => gc(env, conf, stdin).map(|()| None),
-        Command::Status => status(conf).map(|()| None),
+        Command::Status => status(env, conf, stdin).map(|()| None),
         Command::Version => serde_json::to_value(VersionResult::answering(stdin))
             .map(Some)
             .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string())),
@@ -141,7 +141,16 @@ fn ipam_add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Addressing, CniEr
             })
         }
         Ipam::Delegated { plugin } => {
-            let result = delegate::exec(plugin, "ADD", env, stdin)?.unwrap_or_default();
+            let result =
+                delegate::call(plugin, "ADD", env, stdin, conf.version)?.unwrap_or_default();
+            if let Some(all) = result.ips.iter().find(|i| i.address.prefix() == 0) {
+                // Its gateway would claim every address on the host's bridge.
+                let _ = delegate::call(plugin, "DEL", env, stdin, conf.version);
+                return Err(CniError::config(format!(
+                    "IPAM plugin {plugin:?} handed out {}: a subnet that covers every address",
+                    all.address
+                )));
+            }
             let addresses: Vec<(IpNetwork, Option<IpAddr>)> =
                 result.ips.iter().map(|i| (i.address, i.gateway)).collect();
             let dns = if result.dns.is_empty() {
@@ -198,7 +207,9 @@ fn ipam_del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
             open_store(conf, cfg)?.release(&owner(env))?;
             Ok(())
         }
-        Ipam::Delegated { plugin } => delegate::exec(plugin, "DEL", env, stdin).map(|_| ()),
+        Ipam::Delegated { plugin } => {
+            delegate::call(plugin, "DEL", env, stdin, conf.version).map(|_| ())
+        }
         Ipam::None => Ok(()),
     }
 }
@@ -865,7 +876,9 @@ fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                 }
                 Ok(())
             }
-            Ipam::Delegated { plugin } => delegate::exec(plugin, "CHECK", env, stdin).map(|_| ()),
+            Ipam::Delegated { plugin } => {
+                delegate::call(plugin, "CHECK", env, stdin, conf.version).map(|_| ())
+            }
             Ipam::None => Ok(()),
         }
     })
@@ -957,13 +970,7 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
                 .map(|_| ())
                 .map_err(CniError::from)
         }
-        Ipam::Delegated { plugin } => {
-            // Older IPAM plugins (host-local before 1.2) do not know GC: not a failure of ours.
-            if let Err(e) = delegate::exec(plugin, "GC", env, stdin) {
-                tracing::warn!(%e, "delegated IPAM GC");
-            }
-            Ok(())
-        }
+        Ipam::Delegated { plugin } => delegated_gc(plugin, env, conf, stdin),
         Ipam::None => Ok(()),
     };
     // The records of the attachments the runtime no longer knows go with them.
@@ -986,8 +993,63 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     veths.and(leases)
 }
 
-/// STATUS: 50 when an ADD would fail for want of addresses or of a bridge.
-fn status(conf: &NetConf) -> Result<(), CniError> {
+/// GC of a delegated IPAM: forwarded to a delegate that speaks GC (1.1.0, as the spec asks of
+/// plugins with delegates); an older one (host-local before 1.2) gets a DEL for each attachment
+/// of this network netbox recorded and the runtime no longer lists, which releases its leases.
+fn delegated_gc(plugin: &str, env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    if delegate::speaks(plugin, "GC", env, conf.version)? {
+        return delegate::call_negotiated(plugin, "GC", env, stdin, conf.version).map(|_| ());
+    }
+    let mut first_error = None;
+    for record in records::list().unwrap_or_default() {
+        let Owner::Cni {
+            container_id,
+            ifname,
+        } = &record.owner
+        else {
+            continue;
+        };
+        let valid = conf
+            .valid_attachments
+            .iter()
+            .any(|(id, i)| id == container_id && i == ifname);
+        if record.kind != records::Kind::Cni || record.network != conf.name || valid {
+            continue;
+        }
+        let stale = Env {
+            command: Command::Del,
+            container_id: container_id.clone(),
+            ifname: ifname.clone(),
+            netns: None,
+            raw_args: String::new(),
+            args: Default::default(),
+            raw_path: env.raw_path.clone(),
+        };
+        if let Err(e) = delegate::call(plugin, "DEL", &stale, stdin, conf.version) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// STATUS: 50 when an ADD would fail for want of addresses or of a bridge, or when the
+/// delegated IPAM plugin says it cannot serve one.
+fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    if let Ipam::Delegated { plugin } = &conf.ipam {
+        // A delegate that cannot be run cannot serve an ADD either.
+        let answered =
+            delegate::speaks(plugin, "STATUS", env, conf.version).and_then(|speaks| match speaks {
+                true => delegate::call_negotiated(plugin, "STATUS", env, stdin, conf.version),
+                false => Ok(None),
+            });
+        if let Err(e) = answered {
+            let code = match e.code {
+                code::NOT_AVAILABLE_DEGRADED => code::NOT_AVAILABLE_DEGRADED,
+                _ => code::NOT_AVAILABLE,
+            };
+            return Err(CniError::new(code, e.msg).with_details(e.details));
+        }
+    }
     let bridge = runtime()?.block_on(async {
         let host = Netlink::connect()?;
         Ok::<_, CniError>(host.link_by_name(&conf.bridge).await?)
