@@ -1094,9 +1094,9 @@ fn parse_all(env: &[(String, String)], stdin: &[u8]) {
     match NetConf::parse(stdin, &parsed) {
         Ok(c) => {
             let dir = Path::new("/data");
-            let joined = dir.join(&c.name);
-            assert_eq!(joined.parent(), Some(dir), "name {:?} escapes", c.name);
-            assert!(!c.name.starts_with('.'), "name {:?}", c.name);
+            let joined = dir.join(c.name());
+            assert_eq!(joined.parent(), Some(dir), "name {:?} escapes", c.name());
+            assert!(!c.name().starts_with('.'), "name {:?}", c.name());
         }
         Err(e) => assert!(
             SPEC_CODES.contains(&e.code),

@@ -1,6 +1,7 @@
 //! One integration-test binary (see README): each module is a feature area.
 mod harness;
 
+mod agree;
 mod architecture;
 
 mod cni;

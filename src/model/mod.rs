@@ -2,6 +2,7 @@
 //! effect on the host. Owners (who made what, and how that is written down), networks, IPAM
 //! configuration, the sandbox's resolver files.
 
+pub mod conflist;
 pub mod dns;
 pub mod ipam;
 pub mod network;

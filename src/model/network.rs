@@ -2,12 +2,11 @@
 //! (works with no configuration at all) or read from a CNI conflist, so that `netbox run
 //! --network NAME` and a runtime calling `netbox-cni` share one definition of NAME.
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 
+use crate::model::conflist::{self, BridgeConf, ConflistFile, IpamSection};
 use crate::model::ipam::IpamConfig;
 use crate::sys::netlink::Route;
 use crate::{Error, Result};
@@ -21,8 +20,6 @@ pub const DEFAULT_BRIDGE: &str = "netbox0";
 pub const DEFAULT_SUBNET: &str = "10.117.0.0/24";
 /// Where CNI conflists are looked up unless NETBOX_CNI_CONF_DIR says otherwise.
 pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
-/// Plugin types whose configuration describes a bridge network netbox can run.
-const BRIDGE_TYPES: [&str; 2] = ["netbox-cni", "bridge"];
 
 /// A bridge network, ready to attach sandboxes to.
 #[derive(Debug, Clone)]
@@ -37,6 +34,36 @@ pub struct NetworkSpec {
     pub ipam: IpamConfig,
     /// The conflist it came from (None for the built-in network).
     pub source: Option<PathBuf>,
+    /// Another address in a gateway's subnet on the bridge is replaced instead of refused.
+    pub force_address: bool,
+    pub hairpin_mode: bool,
+    pub promisc_mode: bool,
+    /// IPv6 addresses are added with duplicate address detection.
+    pub enable_dad: bool,
+    /// The network's own firewall (a conflist's `ipMasq`, `macspoofchk`, `isolate`,
+    /// `isolateNetworks`, `blockHost`).
+    pub firewall: NetworkFirewall,
+}
+
+/// The firewall a network asks for on every attachment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetworkFirewall {
+    pub ip_masq: bool,
+    pub mac_spoof_chk: bool,
+    pub isolate: bool,
+    pub isolate_networks: bool,
+    pub block_host: bool,
+}
+
+impl NetworkFirewall {
+    /// True when attachments get rules of the network's own.
+    pub fn any(&self) -> bool {
+        self.ip_masq
+            || self.mac_spoof_chk
+            || self.isolate
+            || self.isolate_networks
+            || self.block_host
+    }
 }
 
 impl NetworkSpec {
@@ -56,7 +83,40 @@ impl NetworkSpec {
             is_default_gateway: true,
             ipam: IpamConfig::single(subnet, None)?,
             source: None,
+            force_address: false,
+            hairpin_mode: false,
+            promisc_mode: false,
+            enable_dad: false,
+            firewall: NetworkFirewall::default(),
         })
+    }
+
+    /// The network a bridge plugin's configuration describes, its addresses from `ipam`.
+    pub fn from_bridge_conf(
+        conf: &BridgeConf,
+        ipam: IpamConfig,
+        source: Option<PathBuf>,
+    ) -> NetworkSpec {
+        NetworkSpec {
+            name: conf.name.clone(),
+            bridge: conf.bridge.clone(),
+            mtu: conf.link_mtu,
+            is_gateway: conf.is_gateway,
+            is_default_gateway: conf.is_default_gateway,
+            ipam,
+            source,
+            force_address: conf.force_address,
+            hairpin_mode: conf.hairpin_mode,
+            promisc_mode: conf.promisc_mode,
+            enable_dad: conf.enable_dad,
+            firewall: NetworkFirewall {
+                ip_masq: conf.ip_masq,
+                mac_spoof_chk: conf.mac_spoof_chk,
+                isolate: conf.isolate,
+                isolate_networks: conf.isolate_networks,
+                block_host: conf.block_host,
+            },
+        }
     }
 
     /// The gateway addresses the bridge carries, with their subnet's prefix.
@@ -64,15 +124,7 @@ impl NetworkSpec {
         if !self.is_gateway {
             return vec![];
         }
-        self.ipam
-            .range_sets
-            .iter()
-            .filter_map(|set| set.first())
-            .filter_map(|r| {
-                r.gateway
-                    .and_then(|gw| IpNetwork::new(gw, r.subnet.prefix()).ok())
-            })
-            .collect()
+        self.ipam.first_gateways()
     }
 
     /// The subnets of the network (one per range, deduplicated).
@@ -146,8 +198,8 @@ pub fn resolve(name: &str, dirs: &[PathBuf], subnet: Option<IpNetwork>) -> Resul
             "--subnet only applies to the built-in network \"{DEFAULT_NETWORK}\"; network \"{name}\" takes its subnet from its configuration"
         )));
     }
-    if let Some((conf, file)) = conflists(dirs).find(|(conf, _)| conf_name(conf) == Some(name)) {
-        return from_conflist(&conf, &file);
+    if let Some(file) = conflist::conflists(dirs).find(|f| f.name() == Some(name)) {
+        return from_conflist(&file);
     }
     Err(Error::Config(format!(
         "unknown network \"{name}\": it is not the built-in \"{DEFAULT_NETWORK}\" and no conflist in {} names it",
@@ -176,8 +228,8 @@ pub fn list(dirs: &[PathBuf]) -> Vec<KnownNetwork> {
         source: None,
         spec: NetworkSpec::builtin(None),
     }];
-    for (conf, file) in conflists(dirs) {
-        let Some(name) = conf_name(&conf) else {
+    for file in conflist::conflists(dirs) {
+        let Some(name) = file.name() else {
             continue;
         };
         if out.iter().any(|k| k.name == name) {
@@ -185,97 +237,35 @@ pub fn list(dirs: &[PathBuf]) -> Vec<KnownNetwork> {
         }
         out.push(KnownNetwork {
             name: name.into(),
-            spec: from_conflist(&conf, &file),
-            source: Some(file),
+            spec: from_conflist(&file),
+            source: Some(file.path.clone()),
         });
     }
     out
 }
 
-/// Every readable JSON configuration in `dirs` (`*.conflist`, `*.conf`, `*.json`), directory by
-/// directory, files in name order, as libcni reads them.
-fn conflists(dirs: &[PathBuf]) -> impl Iterator<Item = (Value, PathBuf)> + '_ {
-    dirs.iter().flat_map(|dir| {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("conflist" | "conf" | "json")
-                )
-            })
-            .collect();
-        files.sort();
-        files.into_iter().filter_map(|file| {
-            let text = std::fs::read_to_string(&file).ok()?;
-            let conf = serde_json::from_str::<Value>(&text).ok()?;
-            Some((conf, file))
-        })
-    })
-}
-
-fn conf_name(conf: &Value) -> Option<&str> {
-    conf.get("name").and_then(Value::as_str)
-}
-
-/// Reads the bridge plugin of a conflist (or a single-plugin conf).
-pub fn from_conflist(conf: &Value, path: &Path) -> Result<NetworkSpec> {
-    let name = conf
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let plugins: Vec<&Value> = match conf.get("plugins").and_then(Value::as_array) {
-        Some(list) => list.iter().collect(),
-        None => vec![conf],
+/// The network of a conflist's bridge plugin, read as netbox-cni reads it. Its addresses come
+/// from netbox's store, with the keys of its IPAM section (netbox's, or host-local's when the
+/// conflist delegates to host-local or another plugin with the same keys).
+pub fn from_conflist(file: &ConflistFile) -> Result<NetworkSpec> {
+    let path = &file.path;
+    let conf =
+        BridgeConf::from_conflist(&file.json, path).map_err(|e| Error::Config(e.to_string()))?;
+    let ipam = match conf.ipam() {
+        IpamSection::Builtin(cfg) => cfg.clone(),
+        IpamSection::Delegated { section, .. } => IpamConfig::from_json(section)?,
+        IpamSection::None => {
+            return Err(Error::Config(format!(
+                "network \"{}\" in {path:?}: the bridge plugin has no ipam section",
+                conf.name
+            )))
+        }
     };
-    let plugin = plugins
-        .into_iter()
-        .find(|p| {
-            p.get("type")
-                .and_then(Value::as_str)
-                .is_some_and(|t| BRIDGE_TYPES.contains(&t))
-        })
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "network \"{name}\" in {path:?} has no bridge plugin (type netbox-cni or bridge)"
-            ))
-        })?;
-    let ipam = plugin.get("ipam").ok_or_else(|| {
-        Error::Config(format!(
-            "network \"{name}\" in {path:?}: the bridge plugin has no ipam section"
-        ))
-    })?;
-    let flag =
-        |key: &str, default: bool| plugin.get(key).and_then(Value::as_bool).unwrap_or(default);
-    Ok(NetworkSpec {
-        name,
-        bridge: plugin
-            .get("bridge")
-            .and_then(Value::as_str)
-            .unwrap_or("cni0")
-            .to_string(),
-        mtu: plugin
-            .get("mtu")
-            .and_then(Value::as_u64)
-            .and_then(|m| u32::try_from(m).ok()),
-        is_gateway: flag("isGateway", false) || flag("isDefaultGateway", false),
-        is_default_gateway: flag("isDefaultGateway", false),
-        ipam: IpamConfig::from_json(ipam)?,
-        source: Some(path.to_path_buf()),
-    })
-}
-
-/// The first gateway of the address family of `ip`, if any.
-pub fn gateway_for(spec: &NetworkSpec, ip: IpAddr) -> Option<IpAddr> {
-    spec.ipam
-        .range_sets
-        .iter()
-        .flatten()
-        .filter(|r| r.subnet.contains(ip))
-        .find_map(|r| r.gateway)
+    Ok(NetworkSpec::from_bridge_conf(
+        &conf,
+        ipam,
+        Some(path.clone()),
+    ))
 }
 
 #[cfg(test)]
@@ -314,13 +304,17 @@ mod tests {
 
     #[test]
     fn conflist_bridge_plugin_is_read_with_host_local_ipam() {
-        let conf: Value = serde_json::json!({
+        let conf: serde_json::Value = serde_json::json!({
             "cniVersion": "1.0.0", "name": "web",
             "plugins": [{"type": "bridge", "bridge": "br-web", "isGateway": true, "mtu": 1400,
                          "ipam": {"type": "host-local", "subnet": "10.42.0.0/24"}},
                         {"type": "portmap"}]
         });
-        let net = from_conflist(&conf, Path::new("/x/web.conflist")).expect("parse");
+        let net = from_conflist(&ConflistFile {
+            json: conf,
+            path: "/x/web.conflist".into(),
+        })
+        .expect("parse");
         assert_eq!(net.bridge, "br-web");
         assert_eq!(net.mtu, Some(1400));
         assert!(net.is_gateway && !net.is_default_gateway);

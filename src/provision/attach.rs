@@ -1,6 +1,8 @@
 //! The one operation every front end shares: attach a sandbox's network namespace to a bridge
 //! network (bridge + veth + addresses + routes), in two halves: [`ensure_bridge`] (shared by all
-//! sandboxes of the network) and [`attach_to_bridge`] (one veth).
+//! sandboxes of the network) and [`attach_to_bridge`] (one veth). The network's bridge options
+//! (forceAddress, promiscMode, hairpinMode, enabledad, mtu) are applied here, so `netbox run`,
+//! `netbox ns add` and netbox-cni give the same network for the same conflist.
 //!
 //! An attachment undoes every step it made when a later one fails, so a failed attach leaves
 //! the host as it found it (apart from the bridge, which is shared and kept, as the reference
@@ -12,6 +14,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::model::network::NetworkSpec;
+use crate::provision::ipam::Addressing;
 use crate::sys::netlink::{BridgeSpec, Link, Netlink, VethSpec};
 use crate::sys::netns::NetNs;
 use crate::{Error, Result};
@@ -23,10 +26,8 @@ pub struct AttachSpec {
     pub host_ifname: String,
     /// Name of the interface inside the sandbox.
     pub ifname: String,
-    /// Addresses for the sandbox interface, with their prefix.
-    pub addresses: Vec<IpNetwork>,
-    /// Extra routes (destination, gateway) besides the default route.
-    pub routes: Vec<(IpNetwork, Option<IpAddr>)>,
+    /// Addresses and routes for the sandbox interface.
+    pub addressing: Addressing,
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
     /// The host end's MAC (None: the kernel picks one).
@@ -46,30 +47,28 @@ pub struct Attachment {
 }
 
 /// The host half of an attachment, shared by all sandboxes of a network: the bridge, up, with
-/// its gateway addresses. `existing` is the bridge when the caller just looked it up.
+/// its gateway addresses (`gateways`, when the network is a gateway) and the network's
+/// promiscMode. `existing` is the bridge when the caller just looked it up. With the bridge
+/// plugin's `forceAddress`, a bridge that carries another address in a gateway's subnet has it
+/// replaced by the gateway (as the reference does; otherwise the bridge would answer for two
+/// gateways); without, it is refused.
 pub async fn ensure_bridge(
     host: &Netlink,
     network: &NetworkSpec,
     existing: Option<Link>,
+    gateways: &[IpNetwork],
 ) -> Result<Link> {
-    ensure_bridge_forced(host, network, existing, false).await
-}
-
-/// [`ensure_bridge`], with the bridge plugin's `forceAddress`: a bridge that carries another
-/// address in a gateway's subnet is refused, or with `force_address` has it replaced by the
-/// gateway (as the reference does; otherwise the bridge would answer for two gateways).
-pub async fn ensure_bridge_forced(
-    host: &Netlink,
-    network: &NetworkSpec,
-    existing: Option<Link>,
-    force_address: bool,
-) -> Result<Link> {
+    let force_address = network.force_address;
+    let gateways: Vec<IpNetwork> = if network.is_gateway {
+        gateways.to_vec()
+    } else {
+        vec![]
+    };
     let spec = BridgeSpec {
         name: network.bridge.clone(),
         mtu: network.mtu,
     };
     let bridge = host.ensure_bridge_from(&spec, existing).await?;
-    let gateways = network.gateway_addresses();
     let mut present = Vec::new();
     if !gateways.is_empty() {
         present = gateway_family_addresses(host, &bridge, &gateways).await?;
@@ -85,22 +84,25 @@ pub async fn ensure_bridge_forced(
     {
         host.ensure_address(&bridge, gw).await?;
     }
+    if network.promisc_mode {
+        host.set_promiscuous(&bridge, true).await?;
+    }
     Ok(bridge)
 }
 
 /// Refuses, without changing anything, a bridge that carries another address in one of the
-/// network's gateway subnets (what [`ensure_bridge_forced`] without `force_address` refuses).
+/// gateway subnets (what [`ensure_bridge`] refuses without the network's `forceAddress`).
 pub async fn check_bridge_addresses(
     host: &Netlink,
     network: &NetworkSpec,
     bridge: &Link,
+    gateways: &[IpNetwork],
 ) -> Result<()> {
-    let gateways = network.gateway_addresses();
-    if gateways.is_empty() {
+    if !network.is_gateway || gateways.is_empty() {
         return Ok(());
     }
-    let present = gateway_family_addresses(host, bridge, &gateways).await?;
-    foreign_addresses(network, bridge, &gateways, &present, false).map(|_| ())
+    let present = gateway_family_addresses(host, bridge, gateways).await?;
+    foreign_addresses(network, bridge, gateways, &present, false).map(|_| ())
 }
 
 /// The bridge's addresses, of the gateways' family when they share one.
@@ -172,6 +174,9 @@ pub async fn attach_to_bridge(
                 name: spec.host_ifname.clone(),
             }
         })?;
+        if network.hairpin_mode {
+            host.set_hairpin(&host_link, true).await?;
+        }
         Ok::<_, Error>((host_link, sandbox_link, gateways))
     };
     match configured.await {
@@ -179,7 +184,7 @@ pub async fn attach_to_bridge(
             bridge: bridge.clone(),
             host: host_link,
             sandbox: sandbox_link,
-            addresses: spec.addresses.clone(),
+            addresses: spec.addressing.addresses(),
             gateways,
         }),
         Err(e) => {
@@ -197,6 +202,7 @@ async fn configure_sandbox(
     network: &NetworkSpec,
     spec: &AttachSpec,
 ) -> Result<(Link, Vec<IpAddr>)> {
+    let addressing = &spec.addressing;
     // Requests that do not depend on each other share a round trip (the kernel still handles
     // them in order, one socket being one queue).
     let (lo, link) = futures::join!(sandbox.loopback_up(), sandbox.link_by_name(&spec.ifname));
@@ -204,46 +210,54 @@ async fn configure_sandbox(
     let link = link?.ok_or_else(|| crate::sys::netlink::NetlinkError::LinkNotFound {
         name: spec.ifname.clone(),
     })?;
+    // With enabledad, IPv6 addresses (and the routes that need them) come after the link is
+    // up, with duplicate address detection; the others without.
+    let later = |a: &IpNetwork| network.enable_dad && a.is_ipv6();
+    let (dad, now): (Vec<_>, Vec<_>) = addressing.assigned.iter().partition(|a| later(&a.address));
     // Addresses, then up (the peer cannot be brought up in the request that creates it).
-    let addresses = futures::future::join_all(
-        spec.addresses
-            .iter()
-            .map(|address| sandbox.add_address(&link, *address)),
-    );
-    let (added, up) = futures::join!(addresses, sandbox.set_up(link.index, &link.name));
+    let added =
+        futures::future::join_all(now.iter().map(|a| sandbox.add_address(&link, a.address)));
+    let (added, up) = futures::join!(added, sandbox.set_up(link.index, &link.name));
     for result in added {
         result?;
     }
     up?;
     let mut gateways = Vec::new();
-    if network.is_default_gateway {
-        for address in &spec.addresses {
-            if let Some(gw) = crate::model::network::gateway_for(network, address.ip()) {
-                let any = match gw {
-                    IpAddr::V4(_) => IpNetwork::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
-                    IpAddr::V6(_) => IpNetwork::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0),
-                }
-                .map_err(|e| crate::Error::Config(e.to_string()))?;
-                sandbox.add_route(&link, any, Some(gw)).await?;
+    for batch in [now, dad] {
+        for a in &batch {
+            if later(&a.address) {
+                sandbox.add_address_dad(&link, a.address, true).await?;
+            }
+            if let (true, Some(gw)) = (network.is_default_gateway, a.via) {
+                sandbox.add_route(&link, any_of(gw)?, Some(gw)).await?;
                 gateways.push(gw);
             }
         }
-    }
-    for (dst, gw) in &spec.routes {
-        // A route without "gw" goes through the gateway of the sandbox's address of the same
-        // family, as with host-local's routes.
-        let gw = gw.or_else(|| {
-            spec.addresses
-                .iter()
-                .filter(|a| a.is_ipv4() == dst.is_ipv4())
-                .find_map(|a| crate::model::network::gateway_for(network, a.ip()))
-        });
-        sandbox.add_route(&link, *dst, gw).await?;
+        let v6_later = batch.iter().any(|a| later(&a.address));
+        for (dst, gw) in addressing.routes_to_add(network.is_default_gateway) {
+            if later_route(network, dst) == v6_later {
+                sandbox.add_route(&link, dst, gw).await?;
+            }
+        }
     }
     // Its name, index and MAC are the ones looked up above; only its state changed.
     let mut link = link;
     link.up = true;
     Ok((link, gateways))
+}
+
+/// Routes to IPv6 destinations wait for the DAD addresses with enabledad.
+fn later_route(network: &NetworkSpec, dst: IpNetwork) -> bool {
+    network.enable_dad && dst.is_ipv6()
+}
+
+/// The default route's destination of `gw`'s family.
+fn any_of(gw: IpAddr) -> Result<IpNetwork> {
+    match gw {
+        IpAddr::V4(_) => IpNetwork::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+        IpAddr::V6(_) => IpNetwork::new(std::net::Ipv6Addr::UNSPECIFIED.into(), 0),
+    }
+    .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// A fresh host-side veth name: "nbx" and 8 random hex digits. Names are never reused right

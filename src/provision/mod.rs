@@ -3,9 +3,11 @@
 //! routes, with rollback), `leases` (the crash-safe lease store), `records` (the ownership
 //! records and the lifecycle lock). The firewall step is `crate::firewall`.
 
-pub mod address;
 pub mod attach;
 pub mod command;
+pub mod connect;
+pub mod ipam;
 pub mod leases;
 pub mod publish;
 pub mod records;
+pub mod rollback;

@@ -12,12 +12,13 @@ use ipnetwork::IpNetwork;
 
 use crate::model::network::{self, NetworkSpec};
 use crate::model::owner::Owner;
-use crate::provision::address::allocate;
-use crate::provision::attach::{self, AttachSpec};
+use crate::provision::attach;
 use crate::provision::command::{exec_in, RunSpec};
-use crate::provision::leases::Store;
+use crate::provision::connect::{self, Connect};
+use crate::provision::ipam::{self, BuiltinIpam};
 use crate::provision::publish::dismantle;
 use crate::provision::records::{self, Kind, Lock, Phase, Record};
+use crate::provision::rollback::Rollback;
 use crate::sys::netlink::Netlink;
 use crate::sys::netns::{self, NetNs};
 use crate::sys::privilege::privileged;
@@ -106,29 +107,41 @@ pub fn add(spec: &AddSpec) -> Result<Record> {
 fn wire(spec: &AddSpec, network: &NetworkSpec, record: &mut Record, ns: &NetNs) -> Result<()> {
     record.netns_inode = Some(ns.inode()?);
     record.save()?;
-    let store = Store::open(&record.data_dir, &network.name)?;
-    let addresses = allocate(&store, network, &record.owner, &spec.ips)?;
-    record.addresses = addresses.iter().map(|a| a.to_string()).collect();
-    crate::sys::runtime::current_thread()?.block_on(async {
+    let ipam = BuiltinIpam::open(network, ipam::requested_in(network, &spec.ips)?)?;
+    // A failure is undone as a whole by the caller (`dismantle`, from the record).
+    let mut rollback = Rollback::new();
+    let connected = crate::sys::runtime::current_thread()?.block_on(async {
         let host = Netlink::connect()?;
         let inside = Netlink::connect_in(ns)?;
-        let (bridge, routes) =
-            futures::try_join!(host.link_by_name(&network.bridge), host.routes())?;
-        network.check_no_overlap(&routes, bridge.as_ref().map(|b| b.index))?;
-        let bridge = attach::ensure_bridge(&host, network, bridge).await?;
-        let attach_spec = AttachSpec {
-            host_ifname: record.host_ifname.clone(),
-            ifname: spec.ifname.clone(),
-            addresses,
-            routes: network.ipam.routes.iter().map(|r| (r.dst, r.gw)).collect(),
-            mtu: spec.mtu,
-            mac: spec.mac,
-            host_mac: None,
-            owner: crate::model::owner::alias(&network.name, &record.owner)?,
-        };
-        attach::attach_to_bridge(&host, &inside, ns, network, &bridge, &attach_spec).await?;
-        Ok::<_, Error>(())
-    })?;
+        let bridge = connect::lookup_bridge(&host, network).await?;
+        connect::connect(
+            Connect {
+                host: &host,
+                sandbox: &inside,
+                ns,
+                network,
+                bridge,
+                host_ifname: record.host_ifname.clone(),
+                ifname: spec.ifname.clone(),
+                mtu: spec.mtu,
+                mac: spec.mac,
+                host_mac: None,
+                alias: crate::model::owner::alias(&network.name, &record.owner)?,
+            },
+            &ipam,
+            &record.owner,
+            &mut rollback,
+        )
+        .await
+    });
+    rollback.commit();
+    let connected = connected?;
+    record.addresses = connected
+        .attachment
+        .addresses
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     record.phase = Phase::Ready;
     record.save()
 }

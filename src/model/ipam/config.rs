@@ -45,6 +45,28 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 impl IpamConfig {
+    /// The gateway of the first range of each set, with its subnet's prefix: what a gateway
+    /// bridge carries.
+    pub fn first_gateways(&self) -> Vec<IpNetwork> {
+        self.range_sets
+            .iter()
+            .filter_map(|set| set.first())
+            .filter_map(|r| {
+                r.gateway
+                    .and_then(|gw| IpNetwork::new(gw, r.subnet.prefix()).ok())
+            })
+            .collect()
+    }
+
+    /// The gateway of the first range whose subnet holds `ip`.
+    pub fn gateway_for(&self, ip: IpAddr) -> Option<IpAddr> {
+        self.range_sets
+            .iter()
+            .flatten()
+            .filter(|r| r.subnet.contains(ip))
+            .find_map(|r| r.gateway)
+    }
+
     /// The lease store's directory: `dataDir`, or [`default_data_dir`].
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.clone().unwrap_or_else(default_data_dir)

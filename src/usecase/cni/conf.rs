@@ -12,11 +12,9 @@ use serde_json::Value;
 use super::result::{CniResult, Dns};
 use super::{code, CniError, Version, SUPPORTED_VERSIONS};
 use crate::firewall::{PortMapping, Protocol};
-use crate::model::ipam::IpamConfig;
+use crate::model::conflist::{BridgeConf, ConfError};
 use crate::sys::netlink::{parse_mac, validate_ifname};
 
-/// IPAM types served by netbox's own store; any other type is an IPAM plugin on CNI_PATH.
-pub const BUILTIN_IPAM_TYPES: [&str; 2] = ["netbox", "netbox-cni"];
 /// Longest container id accepted (runtimes use 64 hex digits); it names lease files.
 pub const MAX_CONTAINER_ID: usize = 128;
 
@@ -176,53 +174,31 @@ fn parse_ip_maybe_cidr(s: &str) -> Option<IpAddr> {
         .or_else(|| s.parse::<IpNetwork>().ok().map(|n| n.ip()))
 }
 
-/// Where addresses come from.
-#[derive(Debug, Clone)]
-pub enum Ipam {
-    /// netbox's store.
-    Builtin(IpamConfig),
-    /// An IPAM plugin binary on CNI_PATH.
-    Delegated { plugin: String },
-    /// No `ipam` (or an empty type): layer 2 only, as the reference bridge allows.
-    None,
-}
-
-/// The network configuration on stdin, validated.
+/// The network configuration on stdin, validated: the bridge plugin's keys (the model every
+/// front end shares) and those of this invocation.
 #[derive(Debug, Clone)]
 pub struct NetConf {
     pub version: Version,
-    pub name: String,
-    pub plugin_type: String,
-    pub bridge: String,
-    pub is_gateway: bool,
-    pub is_default_gateway: bool,
-    pub force_address: bool,
-    pub hairpin_mode: bool,
-    pub promisc_mode: bool,
-    pub enable_dad: bool,
-    pub mtu: Option<u32>,
+    /// The bridge plugin's keys.
+    pub net: BridgeConf,
     /// The container's MAC (CNI_ARGS MAC, `runtimeConfig.mac` or `args.cni.mac`).
     pub mac: Option<[u8; 6]>,
     /// Requested addresses (CNI_ARGS IP, `runtimeConfig.ips`, `args.cni.ips`).
     pub ips: Vec<IpAddr>,
-    pub ipam: Ipam,
     pub dns: Dns,
     pub prev_result: Option<CniResult>,
-    /// `ipMasq`: traffic leaving the network is masqueraded.
-    pub ip_masq: bool,
-    /// `macspoofchk`: frames and packets from the container carry its own MAC and addresses.
-    pub mac_spoof_chk: bool,
     /// `runtimeConfig.portMappings` (the `portMappings` capability).
     pub port_mappings: Vec<PortMapping>,
-    /// netbox's `isolate`: only the gateway is reachable on the bridge.
-    pub isolate: bool,
-    /// netbox's `isolateNetworks`: no new connections from other networks except to
-    /// published ports.
-    pub isolate_networks: bool,
-    /// netbox's `blockHost`: the container cannot reach the host's own addresses.
-    pub block_host: bool,
     /// GC: the attachments to keep, as (container id, ifname).
     pub valid_attachments: Vec<(String, String)>,
+}
+
+/// What the runtime passes for this container (`runtimeConfig`, `args.cni`, CNI_ARGS).
+#[derive(Debug, Default)]
+struct RuntimeArgs {
+    ips: Vec<IpAddr>,
+    mac: Option<[u8; 6]>,
+    port_mappings: Vec<PortMapping>,
 }
 
 /// The version a configuration declares, when it is one netbox speaks (for error objects).
@@ -240,211 +216,45 @@ impl NetConf {
     pub fn parse(stdin: &[u8], env: &Env) -> Result<NetConf, CniError> {
         let v: Value = serde_json::from_slice(stdin)
             .map_err(|e| decode(format!("network configuration on stdin is not JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| decode("network configuration must be a JSON object"))?;
-        let version = match obj.get("cniVersion") {
-            // The spec's oldest form had no cniVersion.
-            None | Some(Value::Null) => Version::V0_1_0,
-            Some(Value::String(s)) => Version::parse(s).ok_or_else(|| {
-                CniError::new(
-                    code::INCOMPATIBLE_VERSION,
-                    format!("cniVersion {s:?} is not supported"),
-                )
-                .with_details(format!(
-                    "supported versions: {}",
-                    SUPPORTED_VERSIONS.join(", ")
-                ))
-            })?,
-            Some(_) => return Err(decode("cniVersion: must be a string")),
-        };
-        let name = string(&v, "name")?
-            .ok_or_else(|| CniError::config("name: missing"))?
-            .to_string();
-        // The name is a directory of the lease store: never a path.
-        crate::model::ipam::config::validate_network_name(&name)
-            .map_err(|e| CniError::config(format!("name: {e}")))?;
-        let plugin_type = string(&v, "type")?.unwrap_or_default().to_string();
-        let bridge = string(&v, "bridge")?.unwrap_or("cni0").to_string();
-        validate_ifname(&bridge).map_err(|e| CniError::config(format!("bridge: {e}")))?;
-        let is_default_gateway = flag(&v, "isDefaultGateway")?;
-        let hairpin_mode = flag(&v, "hairpinMode")?;
-        let promisc_mode = flag(&v, "promiscMode")?;
-        if hairpin_mode && promisc_mode {
-            return Err(CniError::config(
-                "hairpinMode and promiscMode cannot both be true",
-            ));
+        if !v.is_object() {
+            return Err(decode("network configuration must be a JSON object"));
         }
-        match v.get("vlan") {
-            None | Some(Value::Null) => {}
-            Some(n) => match n.as_i64() {
-                Some(0) => {}
-                Some(id) => {
-                    return Err(CniError::config(format!(
-                        "vlan: {id} is not supported (bridge VLAN filtering is not implemented)"
-                    )))
-                }
-                None => return Err(decode("vlan: must be a number")),
-            },
-        }
-        let mtu = match v.get("mtu") {
-            None | Some(Value::Null) => None,
-            Some(n) if !n.is_number() => return Err(decode("mtu: must be a number")),
-            Some(n) => match n.as_u64() {
-                Some(0) => None,
-                Some(m) if (68..=65535).contains(&m) => u32::try_from(m).ok(),
-                _ => {
-                    return Err(CniError::config(format!(
-                        "mtu: {n} is not between 68 and 65535"
-                    )))
-                }
-            },
-        };
-        let mut ips = env.args.ips.clone();
-        let mut mac = env.args.mac;
-        let mut port_mappings = Vec::new();
-        for (section, what) in [
-            (v.get("runtimeConfig"), "runtimeConfig"),
-            (v.get("args").and_then(|a| a.get("cni")), "args.cni"),
-        ] {
-            let Some(section) = section.filter(|s| !s.is_null()) else {
-                continue;
-            };
-            if !section.is_object() {
-                return Err(decode(format!("{what}: must be an object")));
-            }
-            if let Some(list) = section.get("ips").filter(|l| !l.is_null()) {
-                let list = list
-                    .as_array()
-                    .ok_or_else(|| decode(format!("{what}.ips: must be a list")))?;
-                for ip in list {
-                    let s = ip
-                        .as_str()
-                        .ok_or_else(|| decode(format!("{what}.ips: must hold strings")))?;
-                    let ip = parse_ip_maybe_cidr(s).ok_or_else(|| {
-                        CniError::config(format!("{what}.ips: {s:?} is not an IP address"))
-                    })?;
-                    if !ips.contains(&ip) {
-                        ips.push(ip);
-                    }
-                }
-            }
-            if let Some(m) = section.get("mac").filter(|m| !m.is_null()) {
-                let s = m
-                    .as_str()
-                    .ok_or_else(|| decode(format!("{what}.mac: must be a string")))?;
-                mac = Some(parse_mac(s).ok_or_else(|| {
-                    CniError::config(format!("{what}.mac: {s:?} is not a MAC address"))
-                })?);
-            }
-            if what == "runtimeConfig" {
-                if let Some(pm) = section.get("portMappings").filter(|l| !l.is_null()) {
-                    port_mappings = parse_port_mappings(pm)?;
-                }
-            }
-        }
-        if let Some(mac) = mac {
-            let problem = if mac[0] & 1 == 1 {
-                Some("a multicast address cannot name an interface")
-            } else if mac == [0; 6] {
-                Some("the all-zero address cannot name an interface")
-            } else {
-                None
-            };
-            if let Some(problem) = problem {
-                return Err(CniError::config(format!(
-                    "mac {}: {problem}",
-                    crate::sys::netlink::format_mac(&mac)
-                )));
-            }
-        }
-        let ipam = match v.get("ipam") {
-            None | Some(Value::Null) => Ipam::None,
-            Some(section) => {
-                if !section.is_object() {
-                    return Err(decode("ipam: must be an object"));
-                }
-                match string(section, "type")? {
-                    None | Some("") => Ipam::None,
-                    Some(t) if BUILTIN_IPAM_TYPES.contains(&t) => Ipam::Builtin(
-                        IpamConfig::from_json(section)
-                            .map_err(|e| CniError::config(e.to_string()))?,
-                    ),
-                    Some(t) => {
-                        if t.contains('/') || t == "." || t == ".." {
-                            return Err(CniError::config(format!(
-                                "ipam.type {t:?} must be a plugin name, not a path"
-                            )));
-                        }
-                        Ipam::Delegated {
-                            plugin: t.to_string(),
-                        }
-                    }
-                }
-            }
-        };
+        let version = parse_version(v.get("cniVersion"))?;
+        let net = BridgeConf::from_json(&v).map_err(|e| match e {
+            ConfError::Decode(msg) => decode(msg),
+            ConfError::Invalid(msg) => CniError::config(msg),
+        })?;
+        let runtime = RuntimeArgs::parse(&v, env)?;
         let prev_result = match v.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(r) => Some(CniResult::from_json(r)?),
         };
-        let mut valid_attachments = Vec::new();
-        if env.command == Command::Gc {
-            for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
-                let Some(list) = v.get(key).filter(|l| !l.is_null()) else {
-                    continue;
-                };
-                let list = list
-                    .as_array()
-                    .ok_or_else(|| decode(format!("{key}: must be a list")))?;
-                for a in list {
-                    let (Some(id), Some(ifname)) =
-                        (string(a, "containerID")?, string(a, "ifname")?)
-                    else {
-                        return Err(decode(format!(
-                            "{key}: each entry needs containerID and ifname"
-                        )));
-                    };
-                    valid_attachments.push((id.to_string(), ifname.to_string()));
-                }
-            }
-        }
+        let valid_attachments = match env.command {
+            Command::Gc => parse_valid_attachments(&v)?,
+            _ => vec![],
+        };
         let conf = NetConf {
             version,
-            name,
-            plugin_type,
-            bridge,
-            is_gateway: flag(&v, "isGateway")? || is_default_gateway,
-            is_default_gateway,
-            force_address: flag(&v, "forceAddress")?,
-            hairpin_mode,
-            promisc_mode,
-            enable_dad: flag(&v, "enabledad")?,
-            mtu,
-            mac,
-            ips,
-            ipam,
+            net,
+            mac: runtime.mac,
+            ips: runtime.ips,
             dns: Dns::from_json(v.get("dns"), "dns")?,
             prev_result,
-            ip_masq: flag(&v, "ipMasq")?,
-            mac_spoof_chk: flag(&v, "macspoofchk")?,
-            port_mappings,
-            isolate: flag(&v, "isolate")?,
-            isolate_networks: flag(&v, "isolateNetworks")?,
-            block_host: flag(&v, "blockHost")?,
+            port_mappings: runtime.port_mappings,
             valid_attachments,
         };
         conf.check_command(env.command)?;
         Ok(conf)
     }
 
+    /// The network's name.
+    pub fn name(&self) -> &str {
+        &self.net.name
+    }
+
     /// True when the attachment gets firewall rules.
     pub fn wants_firewall(&self) -> bool {
-        self.ip_masq
-            || self.mac_spoof_chk
-            || !self.port_mappings.is_empty()
-            || self.isolate
-            || self.isolate_networks
-            || self.block_host
+        self.net.wants_firewall() || !self.port_mappings.is_empty()
     }
 
     /// Operations the configuration's version does not have.
@@ -467,6 +277,119 @@ impl NetConf {
         }
         Ok(())
     }
+}
+
+/// The declared `cniVersion`; the spec's oldest form had none.
+fn parse_version(v: Option<&Value>) -> Result<Version, CniError> {
+    match v {
+        None | Some(Value::Null) => Ok(Version::V0_1_0),
+        Some(Value::String(s)) => Version::parse(s).ok_or_else(|| {
+            CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("cniVersion {s:?} is not supported"),
+            )
+            .with_details(format!(
+                "supported versions: {}",
+                SUPPORTED_VERSIONS.join(", ")
+            ))
+        }),
+        Some(_) => Err(decode("cniVersion: must be a string")),
+    }
+}
+
+impl RuntimeArgs {
+    /// CNI_ARGS, then `runtimeConfig` and `args.cni` (`ips`, `mac`; `portMappings` only in
+    /// `runtimeConfig`).
+    fn parse(v: &Value, env: &Env) -> Result<RuntimeArgs, CniError> {
+        let mut out = RuntimeArgs {
+            ips: env.args.ips.clone(),
+            mac: env.args.mac,
+            port_mappings: vec![],
+        };
+        for (section, what) in [
+            (v.get("runtimeConfig"), "runtimeConfig"),
+            (v.get("args").and_then(|a| a.get("cni")), "args.cni"),
+        ] {
+            let Some(section) = section.filter(|s| !s.is_null()) else {
+                continue;
+            };
+            if !section.is_object() {
+                return Err(decode(format!("{what}: must be an object")));
+            }
+            out.read_section(section, what)?;
+        }
+        if let Some(mac) = out.mac {
+            let problem = if mac[0] & 1 == 1 {
+                Some("a multicast address cannot name an interface")
+            } else if mac == [0; 6] {
+                Some("the all-zero address cannot name an interface")
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(CniError::config(format!(
+                    "mac {}: {problem}",
+                    crate::sys::netlink::format_mac(&mac)
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_section(&mut self, section: &Value, what: &str) -> Result<(), CniError> {
+        if let Some(list) = section.get("ips").filter(|l| !l.is_null()) {
+            let list = list
+                .as_array()
+                .ok_or_else(|| decode(format!("{what}.ips: must be a list")))?;
+            for ip in list {
+                let s = ip
+                    .as_str()
+                    .ok_or_else(|| decode(format!("{what}.ips: must hold strings")))?;
+                let ip = parse_ip_maybe_cidr(s).ok_or_else(|| {
+                    CniError::config(format!("{what}.ips: {s:?} is not an IP address"))
+                })?;
+                if !self.ips.contains(&ip) {
+                    self.ips.push(ip);
+                }
+            }
+        }
+        if let Some(m) = section.get("mac").filter(|m| !m.is_null()) {
+            let s = m
+                .as_str()
+                .ok_or_else(|| decode(format!("{what}.mac: must be a string")))?;
+            self.mac = Some(parse_mac(s).ok_or_else(|| {
+                CniError::config(format!("{what}.mac: {s:?} is not a MAC address"))
+            })?);
+        }
+        if what == "runtimeConfig" {
+            if let Some(pm) = section.get("portMappings").filter(|l| !l.is_null()) {
+                self.port_mappings = parse_port_mappings(pm)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// GC's `cni.dev/valid-attachments` (and the older `cni.dev/attachments`).
+fn parse_valid_attachments(v: &Value) -> Result<Vec<(String, String)>, CniError> {
+    let mut out = Vec::new();
+    for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+        let Some(list) = v.get(key).filter(|l| !l.is_null()) else {
+            continue;
+        };
+        let list = list
+            .as_array()
+            .ok_or_else(|| decode(format!("{key}: must be a list")))?;
+        for a in list {
+            let (Some(id), Some(ifname)) = (string(a, "containerID")?, string(a, "ifname")?) else {
+                return Err(decode(format!(
+                    "{key}: each entry needs containerID and ifname"
+                )));
+            };
+            out.push((id.to_string(), ifname.to_string()));
+        }
+    }
+    Ok(out)
 }
 
 /// `runtimeConfig.portMappings` as the reference portmap plugin reads it: `hostPort`,
@@ -512,14 +435,6 @@ fn string<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>, CniError> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(decode(format!("{key}: must be a string"))),
-    }
-}
-
-fn flag(v: &Value, key: &str) -> Result<bool, CniError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(decode(format!("{key}: must be true or false"))),
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod conf;
 pub mod delegate;
+pub mod ipam;
 pub mod ops;
 pub mod prior;
 pub mod result;
