@@ -169,6 +169,12 @@ fn vlan<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
 impl BridgeConf {
     /// Reads and validates the configuration of one plugin (what the plugin gets on stdin).
     pub fn from_json(v: &Value) -> Result<BridgeConf, ConfError> {
+        BridgeConf::decode(v)?.with_ipam()
+    }
+
+    /// [`BridgeConf::from_json`] up to the `ipam` section, which [`BridgeConf::with_ipam`]
+    /// reads: the plugin checks what the runtime passes in between, as it always has.
+    pub fn decode(v: &Value) -> Result<BridgeConf, ConfError> {
         if !v.is_object() {
             return Err(ConfError::Decode(
                 "network configuration must be a JSON object".into(),
@@ -177,6 +183,12 @@ impl BridgeConf {
         let mut conf = BridgeConf::deserialize(v).map_err(|e| ConfError::Decode(e.to_string()))?;
         conf.validate()?;
         Ok(conf)
+    }
+
+    /// Reads and checks the `ipam` section.
+    pub fn with_ipam(mut self) -> Result<BridgeConf, ConfError> {
+        self.ipam_section = Some(ipam_section(self.ipam.as_ref())?);
+        Ok(self)
     }
 
     /// The bridge plugin of a conflist (or a single-plugin conf) read from `path`, as libcni
@@ -242,7 +254,6 @@ impl BridgeConf {
             },
         };
         self.is_gateway |= self.is_default_gateway;
-        self.ipam_section = Some(ipam_section(self.ipam.as_ref())?);
         Ok(())
     }
 

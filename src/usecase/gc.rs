@@ -154,104 +154,134 @@ fn owner_text(owner: &Owner) -> String {
 pub fn gc(dry_run: bool) -> Result<Report> {
     let _lock = Lock::exclusive()?;
     let view = View::read(true)?;
-    let mut report = Report::default();
-    let note =
-        |report: &mut Report, kind, name: String, owner: Option<&Owner>, r: Result<()>| match r {
-            Ok(()) => report.removed.push(Resource {
-                kind,
-                name,
-                owner: owner.map(owner_text),
-            }),
-            Err(e) => report.errors.push(format!("{kind} {name}: {e}")),
-        };
-    let rt = crate::sys::runtime::current_thread()?;
-    let host = rt.block_on(async { Netlink::connect() })?;
-
-    // Host veths whose alias names a gone owner.
-    for link in &view.links {
-        let Some(owner) = link_owner(link) else {
-            continue;
-        };
-        if view.owner_stale(&owner) {
-            let r = if dry_run {
-                Ok(())
-            } else {
-                rt.block_on(host.delete_link_index(link.index, &link.name))
-                    .map_err(Error::from)
-            };
-            note(&mut report, "veth", link.name.clone(), Some(&owner), r);
-        }
-    }
-
+    let mut sweep = Sweep::new(&view, dry_run)?;
     let stale: Vec<&Record> = view
         .records
         .iter()
         .filter(|r| view.record_stale(r))
         .collect();
+    sweep.veths();
+    sweep.unaliased_cni_veths(&stale);
+    sweep.namespaces(&stale);
+    for store in view.stores() {
+        sweep.leases(&store);
+    }
+    sweep.firewall();
+    // Records last: each stays until what it stands for is gone, so an interrupted gc resumes.
+    sweep.records(&stale);
+    Ok(sweep.report)
+}
 
-    // Host ends of stale CNI records not yet named by an alias (their ADD was killed right
-    // after making them): known by the name and MAC derived from the record's owner.
-    for record in stale.iter().filter(|r| r.kind == Kind::Cni) {
-        let Owner::Cni {
-            container_id,
-            ifname,
-        } = &record.owner
-        else {
-            continue;
-        };
-        let mac = crate::model::owner::cni_host_mac(container_id, ifname);
-        for link in view
-            .links
-            .iter()
-            .filter(|l| l.alias.is_none() && l.name == record.host_ifname && l.mac == Some(mac))
-        {
-            let r = if dry_run {
-                Ok(())
-            } else {
-                rt.block_on(host.delete_link_index(link.index, &link.name))
-                    .map_err(Error::from)
-            };
-            note(
-                &mut report,
-                "veth",
-                link.name.clone(),
-                Some(&record.owner),
-                r,
-            );
+/// One gc pass: what it judges from, what it removed, and whether it only says so.
+struct Sweep<'a> {
+    view: &'a View,
+    dry_run: bool,
+    rt: tokio::runtime::Runtime,
+    host: Netlink,
+    report: Report,
+}
+
+impl<'a> Sweep<'a> {
+    fn new(view: &'a View, dry_run: bool) -> Result<Sweep<'a>> {
+        let rt = crate::sys::runtime::current_thread()?;
+        let host = rt.block_on(async { Netlink::connect() })?;
+        Ok(Sweep {
+            view,
+            dry_run,
+            rt,
+            host,
+            report: Report::default(),
+        })
+    }
+
+    fn note(&mut self, kind: &'static str, name: String, owner: Option<&Owner>, r: Result<()>) {
+        match r {
+            Ok(()) => self.report.removed.push(Resource {
+                kind,
+                name,
+                owner: owner.map(owner_text),
+            }),
+            Err(e) => self.report.errors.push(format!("{kind} {name}: {e}")),
         }
     }
 
-    // Named namespaces of stale records, only when they are the ones netbox made.
-    for record in stale.iter().filter(|r| r.kind != Kind::Cni) {
-        let path = netns::named_path(&record.name);
-        if !path.exists() {
-            continue;
-        }
-        let r = if dry_run {
+    /// Runs `remove` unless this is a dry run.
+    fn unless_dry(&self, remove: impl FnOnce() -> Result<()>) -> Result<()> {
+        if self.dry_run {
             Ok(())
         } else {
-            publish::remove_named_ns(record)
-        };
-        if r.is_err() || dry_run || !path.exists() {
-            note(
-                &mut report,
-                "netns",
-                record.name.clone(),
-                Some(&record.owner),
-                r,
-            );
+            remove()
         }
     }
 
-    // Leases of gone owners, in every store.
-    for store in view.stores() {
+    fn delete_link(&mut self, link: &Link, owner: &Owner) {
+        let r = self.unless_dry(|| {
+            self.rt
+                .block_on(self.host.delete_link_index(link.index, &link.name))
+                .map_err(Error::from)
+        });
+        self.note("veth", link.name.clone(), Some(owner), r);
+    }
+
+    /// Host veths whose alias names a gone owner.
+    fn veths(&mut self) {
+        let view = self.view;
+        for link in &view.links {
+            let Some(owner) = link_owner(link) else {
+                continue;
+            };
+            if view.owner_stale(&owner) {
+                self.delete_link(link, &owner);
+            }
+        }
+    }
+
+    /// Host ends of stale CNI records not yet named by an alias (their ADD was killed right
+    /// after making them): known by the name and MAC derived from the record's owner.
+    fn unaliased_cni_veths(&mut self, stale: &[&Record]) {
+        let view = self.view;
+        for record in stale.iter().filter(|r| r.kind == Kind::Cni) {
+            let Owner::Cni {
+                container_id,
+                ifname,
+            } = &record.owner
+            else {
+                continue;
+            };
+            let mac = crate::model::owner::cni_host_mac(container_id, ifname);
+            for link in view
+                .links
+                .iter()
+                .filter(|l| l.alias.is_none() && l.name == record.host_ifname && l.mac == Some(mac))
+            {
+                self.delete_link(link, &record.owner);
+            }
+        }
+    }
+
+    /// Named namespaces of stale records, only when they are the ones netbox made.
+    fn namespaces(&mut self, stale: &[&Record]) {
+        for record in stale.iter().filter(|r| r.kind != Kind::Cni) {
+            let path = netns::named_path(&record.name);
+            if !path.exists() {
+                continue;
+            }
+            let r = self.unless_dry(|| publish::remove_named_ns(record));
+            if r.is_err() || self.dry_run || !path.exists() {
+                self.note("netns", record.name.clone(), Some(&record.owner), r);
+            }
+        }
+    }
+
+    /// Leases of gone owners in one store, and indexes of dead processes a crash left.
+    fn leases(&mut self, store: &Store) {
         let leases: Vec<Lease> = match store.leases() {
             Ok(l) => l,
             Err(e) => {
-                report
+                self.report
                     .errors
                     .push(format!("leases in {}: {e}", store.dir().display()));
-                continue;
+                return;
             }
         };
         // Owners with leases, and owners whose index names nothing (a crash mid-allocation).
@@ -260,7 +290,7 @@ pub fn gc(dry_run: bool) -> Result<Report> {
             .iter()
             .map(|l| &l.owner)
             .chain(indexed.iter())
-            .filter(|o| view.owner_stale(o))
+            .filter(|o| self.view.owner_stale(o))
             .filter_map(|o| o.key().ok())
             .collect();
         for key in owners {
@@ -268,86 +298,66 @@ pub fn gc(dry_run: bool) -> Result<Report> {
                 continue;
             };
             if !leases.iter().any(|l| l.owner == owner) {
-                note(
-                    &mut report,
-                    "lease",
-                    format!("{}/owners/{key} (index only)", store.dir().display()),
-                    Some(&owner),
-                    Ok(()),
-                );
+                let name = format!("{}/owners/{key} (index only)", store.dir().display());
+                self.note("lease", name, Some(&owner), Ok(()));
             }
             for lease in leases.iter().filter(|l| l.owner == owner) {
-                note(
-                    &mut report,
-                    "lease",
-                    format!("{}/{}", store.dir().display(), lease.ip),
-                    Some(&owner),
-                    Ok(()),
-                );
+                let name = format!("{}/{}", store.dir().display(), lease.ip);
+                self.note("lease", name, Some(&owner), Ok(()));
             }
-            if !dry_run {
+            if !self.dry_run {
                 if let Err(e) = store.release(&owner) {
-                    report
+                    self.report
                         .errors
                         .push(format!("releasing leases of {key}: {e}"));
                 }
             }
         }
-        // Also indexes of dead processes left without leases by a crash.
-        if !dry_run {
+        if !self.dry_run {
             if let Err(e) = store.reclaim_dead() {
-                report
+                self.report
                     .errors
                     .push(format!("{}: {e}", store.dir().display()));
             }
         }
     }
 
-    // Firewall rules (netbox's own nftables tables) of gone owners. Without nft there is no
-    // rule netbox could have made.
-    if crate::firewall::nft::available() {
+    /// Firewall rules (netbox's own nftables tables) of gone owners. Without nft there is no
+    /// rule netbox could have made.
+    fn firewall(&mut self) {
+        if !crate::firewall::nft::available() {
+            return;
+        }
         match crate::firewall::owners() {
             Ok(owners) => {
-                for owner in owners.iter().filter(|o| view.owner_stale(o)) {
+                for owner in owners.iter().filter(|o| self.view.owner_stale(o)) {
                     let name =
                         crate::firewall::table_name(owner).unwrap_or_else(|_| owner_text(owner));
-                    let r = if dry_run {
-                        Ok(())
-                    } else {
-                        crate::firewall::remove(owner).map_err(crate::Error::from)
-                    };
-                    note(&mut report, "firewall", name, Some(owner), r);
+                    let r = self.unless_dry(|| crate::firewall::remove(owner).map_err(Error::from));
+                    self.note("firewall", name, Some(owner), r);
                 }
             }
-            Err(e) => report.errors.push(format!("firewall: {e}")),
+            Err(e) => self.report.errors.push(format!("firewall: {e}")),
         }
     }
 
-    // Records last: each stays until what it stands for is gone, so an interrupted gc resumes.
-    let failed = !report.errors.is_empty();
-    for record in stale {
-        if failed {
-            // Something of it may remain: keep the record for the next gc.
-            continue;
+    /// The stale records, unless something failed (it may remain: the next gc retries), and
+    /// temporary files of dead writers.
+    fn records(&mut self, stale: &[&Record]) {
+        let failed = !self.report.errors.is_empty();
+        for record in stale {
+            if failed {
+                continue;
+            }
+            let r = self.unless_dry(|| record.remove());
+            let name = record.path().display().to_string();
+            self.note("record", name, Some(&record.owner), r);
         }
-        let r = if dry_run { Ok(()) } else { record.remove() };
-        note(
-            &mut report,
-            "record",
-            record.path().display().to_string(),
-            Some(&record.owner),
-            r,
-        );
+        for tmp in records::dead_tmp_files() {
+            let r = self.unless_dry(|| records::remove_tmp(&tmp));
+            self.note("tmp", tmp.display().to_string(), None, r);
+        }
     }
-    for tmp in records::dead_tmp_files() {
-        let r = if dry_run {
-            Ok(())
-        } else {
-            records::remove_tmp(&tmp)
-        };
-        note(&mut report, "tmp", tmp.display().to_string(), None, r);
-    }
-    Ok(report)
 }
 
 /// One sandbox or attachment in `netbox ls`.

@@ -220,11 +220,13 @@ impl NetConf {
             return Err(decode("network configuration must be a JSON object"));
         }
         let version = parse_version(v.get("cniVersion"))?;
-        let net = BridgeConf::from_json(&v).map_err(|e| match e {
+        let refused = |e: ConfError| match e {
             ConfError::Decode(msg) => decode(msg),
             ConfError::Invalid(msg) => CniError::config(msg),
-        })?;
+        };
+        let net = BridgeConf::decode(&v).map_err(refused)?;
         let runtime = RuntimeArgs::parse(&v, env)?;
+        let net = net.with_ipam().map_err(refused)?;
         let prev_result = match v.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(r) => Some(CniResult::from_json(r)?),
