@@ -883,12 +883,6 @@ fn chained_add_appends_to_prev_result() {
 /// Podman's state, the CNI cache and the cgroup hierarchies, made private to this test: the
 /// private host replaced /sys, hiding the host's cgroup mounts, which are mounted again.
 fn prepare_podman_host(work: &Path) {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
-    let cgroups: Vec<Vec<String>> = mounts
-        .lines()
-        .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
-        .filter(|f| f.len() > 3 && f[1].starts_with("/sys/fs/cgroup") && f[2].starts_with("cgroup"))
-        .collect();
     for dir in [
         "/var/lib/cni",
         "/run/containers",
@@ -897,20 +891,7 @@ fn prepare_podman_host(work: &Path) {
     ] {
         sh(&format!("mkdir -p {dir} && mount -t tmpfs tmpfs {dir}"));
     }
-    if cgroups
-        .iter()
-        .any(|f| f[1] == "/sys/fs/cgroup" && f[2] == "cgroup2")
-    {
-        sh("mount -t cgroup2 none /sys/fs/cgroup");
-    } else {
-        sh("mount -t tmpfs cgroup /sys/fs/cgroup");
-        for f in &cgroups {
-            sh(&format!(
-                "mkdir -p {1} && mount -t {2} -o {3} {0} {1}",
-                f[0], f[1], f[2], f[3]
-            ));
-        }
-    }
+    crate::harness::private_cgroups();
     let w = work.display();
     sh(&format!(
         "mkdir -p {w}/cni-bin {w}/net.d {w}/rootfs/bin {w}/rootfs/www {w}/rootfs/proc \

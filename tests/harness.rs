@@ -308,3 +308,28 @@ pub fn files_under(dir: &Path) -> std::collections::BTreeSet<String> {
     }
     out
 }
+
+/// Makes the host's cgroup hierarchies visible again under the private host's /sys (its sysfs
+/// is fresh, so /sys/fs/cgroup is empty): what container runtimes (runc) need to start.
+pub fn private_cgroups() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let cgroups: Vec<Vec<String>> = mounts
+        .lines()
+        .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .filter(|f| f.len() > 3 && f[1].starts_with("/sys/fs/cgroup") && f[2].starts_with("cgroup"))
+        .collect();
+    if cgroups
+        .iter()
+        .any(|f| f[1] == "/sys/fs/cgroup" && f[2] == "cgroup2")
+    {
+        sh("mount -t cgroup2 none /sys/fs/cgroup");
+    } else {
+        sh("mount -t tmpfs cgroup /sys/fs/cgroup");
+        for f in &cgroups {
+            sh(&format!(
+                "mkdir -p {1} && mount -t {2} -o {3} {0} {1}",
+                f[0], f[1], f[2], f[3]
+            ));
+        }
+    }
+}

@@ -5,6 +5,7 @@ mod agree;
 mod architecture;
 
 mod cni;
+mod containerd;
 mod firewall;
 mod ipam;
 mod lab;
