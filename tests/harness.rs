@@ -11,14 +11,12 @@
 //! (CI set in the environment) it fails instead, so CI can never pass on skipped tests.
 #![allow(dead_code)]
 
-use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use netbox::sys::private_host::PrivateHost;
 
 const INSIDE_VAR: &str = "NETBOX_PRIVATE_HOST";
 /// Exit code the re-executed child uses when the kernel refused the namespaces.
@@ -100,63 +98,20 @@ fn run_inside(test_path: &str) -> Output {
             std::fs::create_dir_all(dir).expect("create private mount point");
         }
     }
-    let uid = nix::unistd::getuid().as_raw();
-    let gid = nix::unistd::getgid().as_raw();
-    let uid_map = format!("0 {uid} 1");
-    let gid_map = format!("0 {gid} 1");
-    let dirs: Vec<CString> = PRIVATE_DIRS
-        .iter()
-        .map(|d| CString::new(*d).expect("no NUL"))
-        .collect();
+    // Rootless, the private directories may be missing and uncreatable: those are skipped.
+    let host = PrivateHost::new(!root, &PRIVATE_DIRS).skip_missing_dirs();
     let mut cmd = Command::new(exe);
     cmd.args([test_path, "--exact", "--nocapture", "--test-threads=1"])
         .env(INSIDE_VAR, test_path)
         .env("RUST_BACKTRACE", "1");
-    // SAFETY: the closure runs in the forked child before exec and only makes syscalls.
+    // SAFETY: the closure runs in the forked child before exec and only makes syscalls (and
+    // writes id maps prepared before the fork).
     unsafe {
         cmd.pre_exec(move || {
-            let refused = |what: &str, e: nix::Error| -> std::io::Error {
-                let _ = writeln!(std::io::stderr(), "kernel refused {what}: {e}");
+            if let Err(refused) = host.enter() {
+                let _ = writeln!(std::io::stderr(), "{refused}");
                 libc::_exit(REFUSED);
-            };
-            if root {
-                unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-                    .map_err(|e| refused("unshare(net+mount)", e))?;
-            } else {
-                unshare(
-                    CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS,
-                )
-                .map_err(|e| refused("unshare(user+net+mount)", e))?;
-                write_file("/proc/self/setgroups", b"deny")?;
-                write_file("/proc/self/uid_map", uid_map.as_bytes())?;
-                write_file("/proc/self/gid_map", gid_map.as_bytes())?;
             }
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(|e| refused("making / private", e))?;
-            for dir in &dirs {
-                // Rootless, the directories may be missing and uncreatable: skip those.
-                let _ = mount(
-                    Some("tmpfs"),
-                    dir.as_c_str(),
-                    Some("tmpfs"),
-                    MsFlags::empty(),
-                    Some("mode=0755"),
-                );
-            }
-            mount(
-                Some("sysfs"),
-                "/sys",
-                Some("sysfs"),
-                MsFlags::empty(),
-                None::<&str>,
-            )
-            .map_err(|e| refused("mounting a private /sys", e))?;
             Ok(())
         });
     }
@@ -186,13 +141,6 @@ fn run_inside(test_path: &str) -> Output {
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
     }
-}
-
-fn write_file(path: &str, data: &[u8]) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .write_all(data)
 }
 
 fn bring_loopback_up() {

@@ -5,8 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use netbox::sys::private_host::PrivateHost;
 
 /// The sample count: the first numeric argument, else `default`.
 pub fn samples(default: usize) -> usize {
@@ -29,40 +28,18 @@ pub fn require_root(bench: &str) -> bool {
 /// /run/netns), so a benchmark's bridges, namespaces and leases never reach the real host.
 /// Call it first, while the process has one thread.
 pub fn private_host() {
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare net+mount");
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .expect("make / private");
-    for dir in [
+    let dirs = [
         "/run/netbox",
         "/run/netns",
         "/var/lib/netbox",
         "/var/lib/cni",
-    ] {
+    ];
+    for dir in dirs {
         std::fs::create_dir_all(dir).expect("mount point");
-        mount(
-            Some("tmpfs"),
-            dir,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("private tmpfs");
     }
-    // sysfs shows the links of the namespace that mounted it.
-    mount(
-        Some("sysfs"),
-        "/sys",
-        Some("sysfs"),
-        MsFlags::empty(),
-        None::<&str>,
-    )
-    .expect("private /sys");
+    if let Err(refused) = PrivateHost::new(false, &dirs).enter() {
+        panic!("{refused}");
+    }
     let up = Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status()

@@ -2,21 +2,18 @@
 //! (masquerade and published ports route between the bridge and the rest) and route_localnet
 //! on a bridge (so that 127.0.0.0/8 sources, rewritten by masquerade, may be routed to it).
 
-use std::path::Path;
-
 use super::FirewallError;
+use crate::sys::sysctl;
 
 fn read(path: &str) -> Result<bool, FirewallError> {
-    std::fs::read_to_string(path)
-        .map(|v| v.trim() != "0")
-        .map_err(|source| FirewallError::Sysctl {
-            path: path.into(),
-            source,
-        })
+    sysctl::is_on(path).map_err(|source| FirewallError::Sysctl {
+        path: path.into(),
+        source,
+    })
 }
 
 fn write(path: &str) -> Result<(), FirewallError> {
-    std::fs::write(path, "1").map_err(|source| FirewallError::Sysctl {
+    sysctl::turn_on(path).map_err(|source| FirewallError::Sysctl {
         path: path.into(),
         source,
     })
@@ -26,14 +23,10 @@ fn write(path: &str) -> Result<(), FirewallError> {
 pub fn ensure_forwarding(v4: bool, v6: bool) -> Result<Vec<String>, FirewallError> {
     let mut notices = Vec::new();
     for (wanted, path, name) in [
-        (v4, "/proc/sys/net/ipv4/ip_forward", "net.ipv4.ip_forward"),
-        (
-            v6,
-            "/proc/sys/net/ipv6/conf/all/forwarding",
-            "net.ipv6.conf.all.forwarding",
-        ),
+        (v4, sysctl::IPV4_FORWARD, "net.ipv4.ip_forward"),
+        (v6, sysctl::IPV6_FORWARD, "net.ipv6.conf.all.forwarding"),
     ] {
-        if wanted && Path::new(path).exists() && !read(path)? {
+        if wanted && sysctl::exists(path) && !read(path)? {
             write(path)?;
             notices.push(format!(
                 "enabled {name} (masquerade and published ports route through the host)"
@@ -45,12 +38,9 @@ pub fn ensure_forwarding(v4: bool, v6: bool) -> Result<Vec<String>, FirewallErro
 
 /// Sets route_localnet on `bridge`; a notice when it was off.
 pub fn ensure_route_localnet(bridge: &str) -> Result<Option<String>, FirewallError> {
-    if bridge.contains('/') || bridge.starts_with('.') {
-        return Err(FirewallError::Config(format!(
-            "bridge name {bridge:?} cannot name a sysctl"
-        )));
-    }
-    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    let path = sysctl::route_localnet(bridge).ok_or_else(|| {
+        FirewallError::Config(format!("bridge name {bridge:?} cannot name a sysctl"))
+    })?;
     if read(&path)? {
         return Ok(None);
     }

@@ -12,6 +12,7 @@ use super::topology::{EndPlan, LinkPlan, Plan};
 use super::{BuildOptions, Lab, LabError, Result};
 use crate::sys::netlink::{BridgeSpec, Link, NetemSpec, Netlink, TbfSpec, VethSpec, VxlanSpec};
 use crate::sys::netns;
+use crate::sys::sysctl;
 
 /// Threads creating node namespaces.
 const NS_THREADS: usize = 4;
@@ -46,7 +47,6 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
         fabric: None,
         services: Services::default(),
         owned: vec![],
-        keep: false,
     };
     let name = lab.plan.name.clone();
     let fabric = fabric_ns_name(&name);
@@ -333,7 +333,7 @@ async fn build_link(
     let a_conn = conns.node(a_node)?;
     let a_ns = lab.node(a_node)?;
     // The end created "here" and the peer born in the a node.
-    let (here, here_link, b_shaped) = match &link.b {
+    let (here, here_link) = match &link.b {
         EndPlan::Switch { switch, port } => {
             let (conn, bridge) = bridges.get(switch).ok_or_else(|| LabError::Unknown {
                 what: "switch",
@@ -363,7 +363,7 @@ async fn build_link(
                     a_ns,
                 )
                 .await?;
-            (conn.clone(), port_link, None)
+            (conn.clone(), port_link)
         }
         EndPlan::Node {
             node: b_node,
@@ -387,10 +387,9 @@ async fn build_link(
             if let Some(addr) = b_if.address {
                 b_conn.add_address(&b_link, addr).await?;
             }
-            (b_conn.clone(), b_link.clone(), Some(()))
+            (b_conn.clone(), b_link.clone())
         }
     };
-    let _ = b_shaped;
     let a_link = must_link(a_conn, &a_if.name).await?;
     a_conn.set_up(a_link.index, &a_link.name).await?;
     if let Some(addr) = a_if.address {
@@ -413,11 +412,8 @@ async fn build_link(
 }
 
 fn enable_forwarding() -> Result<()> {
-    for path in [
-        "/proc/sys/net/ipv4/ip_forward",
-        "/proc/sys/net/ipv6/conf/all/forwarding",
-    ] {
-        std::fs::write(path, b"1").map_err(|source| LabError::Io {
+    for path in [sysctl::IPV4_FORWARD, sysctl::IPV6_FORWARD] {
+        sysctl::turn_on(path).map_err(|source| LabError::Io {
             what: format!("turning forwarding on ({path})"),
             source,
         })?;

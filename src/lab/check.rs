@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::topology::{CheckPlan, Expect, Plan, Probe};
 use super::Result;
 use crate::sys::netns::NetNs;
+use crate::sys::tuntap::packet::checksum;
 
 /// How long a probe waits for an answer: long enough for one retransmission of a lost SYN or
 /// ARP request (1 s each), so a reachable target never fails on a single lost packet.
@@ -140,19 +141,6 @@ fn udp_echo(to: SocketAddr) -> std::result::Result<String, String> {
     } else {
         Err("unexpected reply".into())
     }
-}
-
-/// Internet checksum.
-pub fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An ICMP echo request: type 8, id, seq 1, a payload.

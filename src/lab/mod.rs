@@ -95,7 +95,6 @@ pub struct Lab {
     services: services::Services,
     /// Namespaces this lab created (and only those are removed: never another's).
     owned: Vec<String>,
-    keep: bool,
 }
 
 impl Lab {
@@ -200,19 +199,11 @@ impl Lab {
     pub fn check(&self) -> Result<Vec<CheckResult>> {
         check::run_checks(&self.plan, &self.plan.checks, |n| self.node(n))
     }
-
-    /// Leaves the namespaces in place when dropped (the CLI's `--host` holder hands them over).
-    pub fn keep_on_drop(&mut self, keep: bool) {
-        self.keep = keep;
-    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         self.services.stop();
-        if self.keep {
-            return;
-        }
         // Teardown goes on past failures: every namespace gets its chance.
         for name in &self.owned {
             if let Err(e) = netns::delete_named(name) {

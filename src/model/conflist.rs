@@ -18,6 +18,7 @@ use thiserror::Error;
 
 use crate::model::ipam::config::validate_network_name;
 use crate::model::ipam::IpamConfig;
+use crate::model::json::{opt_str, opt_value};
 use crate::sys::netlink::validate_ifname;
 
 /// IPAM types served by netbox's own store; any other type is an IPAM plugin.
@@ -109,7 +110,7 @@ fn default_bridge() -> String {
 }
 
 fn any<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Ok(Option::<Value>::deserialize(d)?.filter(|v| !v.is_null()))
+    Ok(opt_value(Option::<Value>::deserialize(d)?.as_ref()).cloned())
 }
 
 macro_rules! flags {
@@ -280,11 +281,9 @@ fn ipam_section(section: Option<&Value>) -> Result<IpamSection, ConfError> {
     if !section.is_object() {
         return Err(ConfError::Decode("ipam: must be an object".into()));
     }
-    let kind = match section.get("type") {
-        None | Some(Value::Null) => "",
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => return Err(ConfError::Decode("type: must be a string".into())),
-    };
+    let kind = opt_str(section.get("type"))
+        .map_err(|_| ConfError::Decode("type: must be a string".into()))?
+        .unwrap_or_default();
     Ok(match kind {
         "" => IpamSection::None,
         t if BUILTIN_IPAM_TYPES.contains(&t) => IpamSection::Builtin(

@@ -5,5 +5,6 @@
 pub mod conflist;
 pub mod dns;
 pub mod ipam;
+pub mod json;
 pub mod network;
 pub mod owner;

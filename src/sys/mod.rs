@@ -12,6 +12,8 @@
 pub mod capture;
 pub mod netlink;
 pub mod netns;
+pub mod private_host;
 pub mod privilege;
 pub mod runtime;
+pub mod sysctl;
 pub mod tuntap;

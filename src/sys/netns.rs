@@ -367,27 +367,6 @@ pub fn delete_named(name: &str) -> Result<()> {
     }
 }
 
-/// Names under /run/netns (like `ip netns list`).
-pub fn list_named() -> Result<Vec<String>> {
-    let dir = match std::fs::read_dir(NETNS_RUN_DIR) {
-        Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(source) => {
-            return Err(NetnsError::Io {
-                what: "listing",
-                path: NETNS_RUN_DIR.into(),
-                source,
-            })
-        }
-    };
-    let mut names: Vec<String> = dir
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
 /// Makes /run/netns exist and be a shared mount point, as iproute2 does.
 fn prepare_run_dir() -> Result<()> {
     let dir = Path::new(NETNS_RUN_DIR);

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::range::Range;
 use super::IpamError;
+use crate::model::json::{opt_str, WrongType};
 
 /// Ranges of one address family from which a sandbox gets one address (dual stack: one v4
 /// set and one v6 set).
@@ -208,11 +209,9 @@ fn range_from_json(v: &Value) -> Result<Range, IpamError> {
 }
 
 fn string(v: Option<&Value>, field: &'static str) -> Result<Option<String>, IpamError> {
-    match v {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(IpamError::BadField {
+    match opt_str(v) {
+        Ok(s) => Ok(s.filter(|s| !s.is_empty()).map(str::to_string)),
+        Err(WrongType(other)) => Err(IpamError::BadField {
             field,
             reason: format!("expected a string, got {other}"),
         }),

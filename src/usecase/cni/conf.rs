@@ -13,6 +13,7 @@ use super::result::{CniResult, Dns};
 use super::{code, CniError, Version, SUPPORTED_VERSIONS};
 use crate::firewall::{PortMapping, Protocol};
 use crate::model::conflist::{BridgeConf, ConfError};
+use crate::model::json::opt_str;
 use crate::sys::netlink::{parse_mac, validate_ifname};
 
 /// Longest container id accepted (runtimes use 64 hex digits); it names lease files.
@@ -433,11 +434,7 @@ fn parse_port_mappings(list: &Value) -> Result<Vec<PortMapping>, CniError> {
 }
 
 fn string<'a>(v: &'a Value, key: &str) -> Result<Option<&'a str>, CniError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(decode(format!("{key}: must be a string"))),
-    }
+    opt_str(v.get(key)).map_err(|_| decode(format!("{key}: must be a string")))
 }
 
 #[cfg(test)]

@@ -261,13 +261,9 @@ fn run_inner(
         Ok(e) => e,
         Err(e) => return (conf::peek_version(stdin), Err(e)),
     };
+    // VERSION reads no configuration: answered before any is parsed.
     if parsed.command == Command::Version {
-        return (
-            None,
-            serde_json::to_value(VersionResult::answering(stdin))
-                .map(Some)
-                .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string())),
-        );
+        return (None, ops::version(stdin).map(Some));
     }
     let conf = match NetConf::parse(stdin, &parsed) {
         Ok(c) => c,

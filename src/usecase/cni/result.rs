@@ -3,6 +3,7 @@
 //! (no `version`), 1.1.0 (interface `mtu`, `socketPath`, `pciID`; route `mtu`, `advmss`,
 //! `priority`, `table`, `scope`). Any of these forms is read back (prevResult, delegated IPAM).
 
+use crate::model::json::opt_str;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -379,11 +380,7 @@ fn routes_from(v: Option<&Value>, what: &str) -> Result<Vec<RouteEntry>, CniErro
 }
 
 fn str_field<'a>(v: &'a Value, key: &str, what: &str) -> Result<Option<&'a str>, CniError> {
-    match v.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(decode(format!("{what}.{key}: must be a string"))),
-    }
+    opt_str(v.get(key)).map_err(|_| decode(format!("{what}.{key}: must be a string")))
 }
 
 fn cidr_field(v: &Value, key: &str, what: &str) -> Result<Option<IpNetwork>, CniError> {

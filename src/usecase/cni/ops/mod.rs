@@ -32,10 +32,14 @@ pub fn execute(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>,
         Command::Check => check::check(env, conf, stdin).map(|()| None),
         Command::Gc => gc::gc(env, conf, stdin).map(|()| None),
         Command::Status => status::status(env, conf, stdin).map(|()| None),
-        Command::Version => serde_json::to_value(VersionResult::answering(stdin))
-            .map(Some)
-            .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string())),
+        Command::Version => version(stdin).map(Some),
     }
+}
+
+/// VERSION: the versions netbox-cni speaks, answering in the input's `cniVersion`.
+pub fn version(stdin: &[u8]) -> Result<Value, CniError> {
+    serde_json::to_value(VersionResult::answering(stdin))
+        .map_err(|e| CniError::new(code::IO_FAILURE, e.to_string()))
 }
 
 /// True when `link` is the host end netbox made for this attachment: its alias says so, or it
