@@ -1,7 +1,6 @@
 //! `netbox lab`: build, use, check and remove reproducible network labs (see src/lab).
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -32,19 +31,25 @@ enum LabCommand {
     },
     /// Run a command in a node of a running lab.
     Exec {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::lab_files))]
         file: PathBuf,
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::lab_nodes))]
         node: String,
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
     /// Run the lab file's checks against the running lab.
     Check {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::lab_files))]
         file: PathBuf,
         #[arg(long)]
         json: bool,
     },
     /// Remove the lab.
-    Down { file: PathBuf },
+    Down {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::lab_files))]
+        file: PathBuf,
+    },
     /// Up, check and down; the exit status is the checks' result.
     Test {
         file: PathBuf,
@@ -60,6 +65,11 @@ enum LabCommand {
         file: PathBuf,
         #[arg(long, value_name = "FILE")]
         svg: Option<PathBuf>,
+    },
+    /// List the running labs: name, mode, holder pid, file.
+    Ls {
+        #[arg(long)]
+        json: bool,
     },
     /// (internal) The process that holds a lab while it is up.
     #[command(hide = true)]
@@ -84,6 +94,10 @@ pub fn run(args: LabArgs) -> i32 {
 fn dispatch(cmd: LabCommand) -> Result<i32, LabError> {
     match cmd {
         LabCommand::Hold { file, capture } => Ok(holder::hold(&file, capture)),
+        LabCommand::Ls { json } => {
+            ls(json);
+            Ok(0)
+        }
         LabCommand::Up {
             file,
             host,
@@ -141,29 +155,16 @@ fn dispatch(cmd: LabCommand) -> Result<i32, LabError> {
     }
 }
 
-fn show_progress(done: usize, total: usize) {
-    eprint!("\rbuilding links {done}/{total}");
-    if done == total {
-        eprintln!();
-    }
-}
-
 fn up(file: &Path, host: bool, capture: Option<&Path>, json: bool) -> Result<(), LabError> {
     let exe = std::env::current_exe().map_err(|source| LabError::Io {
         what: "finding the netbox binary".into(),
         source,
     })?;
     let mode = if host { Mode::Host } else { Mode::Private };
-    // A progress line only for large labs on a terminal.
-    let progress: Option<&dyn Fn(usize, usize)> = if std::io::stderr().is_terminal() && !json {
-        Some(&|done, total| {
-            if total >= 20 {
-                show_progress(done, total)
-            }
-        })
-    } else {
-        None
-    };
+    // A progress bar only for large labs on a terminal.
+    let bar = crate::progress::Progress::new("building links", 100, json);
+    let update = |done, total| bar.update(done, total);
+    let progress: Option<&dyn Fn(usize, usize)> = bar.enabled().then_some(&update as _);
     let (state, summary) = holder::up(&exe, file, mode, capture, progress)?;
     if json {
         let value = serde_json::json!({
@@ -289,4 +290,44 @@ fn print_results(results: &[CheckResult], json: bool) {
 
 fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The labs whose holder is alive (a state file whose holder died is removed on the way).
+pub fn running_labs() -> Vec<LabState> {
+    let mut labs = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(holder::state_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+                continue;
+            };
+            if let Ok(Some(state)) = holder::load_state(name) {
+                labs.push(state);
+            }
+        }
+    }
+    labs.sort_by(|a, b| a.name.cmp(&b.name));
+    labs
+}
+
+fn ls(json: bool) {
+    let labs = running_labs();
+    if json {
+        crate::ns::print_json(&labs);
+        return;
+    }
+    println!("{:<20} {:<8} {:<8} FILE", "NAME", "MODE", "PID");
+    for l in &labs {
+        let mode = match l.mode {
+            Mode::Private => "private",
+            Mode::Host => "host",
+        };
+        println!(
+            "{:<20} {:<8} {:<8} {}",
+            l.name,
+            mode,
+            l.pid,
+            l.file.display()
+        );
+    }
 }

@@ -9,13 +9,17 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 
 use netbox::usecase::run::{self, NetMode, RunSpec};
 
+mod completions;
+mod doctor;
 mod lab;
+mod manual;
 mod ns;
+mod progress;
 mod tuntap;
 
 /// Network sandboxes on Linux namespaces.
@@ -64,6 +68,13 @@ enum Command {
     Tuntap(tuntap::TuntapCommand),
     /// Reproducible network labs from a topology file (up, exec, check, down, test, graph).
     Lab(lab::LabArgs),
+    /// Check that this machine can do what netbox does: OK / WARN / FAIL, with the fix.
+    Doctor(doctor::DoctorArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(completions::CompletionsArgs),
+    /// Write manual pages (netbox, each subcommand, netbox-cni) into a directory.
+    #[command(hide = true)]
+    Man(manual::ManArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,7 +129,8 @@ struct RunArgs {
 pub struct LinkArgs {
     /// Bridge network: the built-in "netbox", or the name of a CNI conflist in
     /// NETBOX_CNI_CONF_DIR (default /etc/cni/net.d).
-    #[arg(long, default_value = netbox::model::network::DEFAULT_NETWORK, value_name = "NAME")]
+    #[arg(long, default_value = netbox::model::network::DEFAULT_NETWORK, value_name = "NAME",
+          add = clap_complete::ArgValueCompleter::new(completions::networks))]
     network: String,
     /// Subnet of the built-in network (default 10.117.0.0/24).
     #[arg(long, env = "NETBOX_SUBNET", value_name = "CIDR")]
@@ -262,6 +274,7 @@ fn netbox_main() -> i32 {
             }
         })
     } else {
+        completions::answer_if_asked(Cli::command);
         Cli::try_parse()
     };
     let cli = match parsed {
@@ -280,6 +293,9 @@ fn netbox_main() -> i32 {
         Command::Network(cmd) => ns::network(cmd),
         Command::Tuntap(cmd) => tuntap::run(cmd),
         Command::Lab(args) => lab::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man(args) => manual::run(args, Cli::command()),
     };
     // Statuses are 0-255; anything else would wrap.
     if (0..=255).contains(&code) {

@@ -15,7 +15,8 @@ pub enum NsCommand {
     Add(NsAddArgs),
     /// Remove sandboxes made by `netbox ns add` (a name that does not exist is not an error).
     Del {
-        #[arg(required = true, value_name = "NAME")]
+        #[arg(required = true, value_name = "NAME",
+              add = clap_complete::ArgValueCompleter::new(crate::completions::sandboxes))]
         names: Vec<String>,
     },
 }
@@ -31,6 +32,7 @@ pub struct NsAddArgs {
 #[derive(Args)]
 pub struct ExecArgs {
     /// The sandbox (any name under /run/netns).
+    #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::namespaces))]
     name: String,
     #[command(flatten)]
     cmd: CommandArgs,
@@ -61,7 +63,10 @@ pub enum NetworkCommand {
         json: bool,
     },
     /// One network's bridge, subnets, gateway and source.
-    Inspect { name: String },
+    Inspect {
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::networks))]
+        name: String,
+    },
 }
 
 pub fn ns(cmd: NsCommand) -> i32 {
@@ -151,7 +156,8 @@ pub fn ls(args: LsArgs) -> i32 {
 }
 
 pub fn gc(args: GcArgs) -> i32 {
-    let report = match gc::gc(args.dry_run) {
+    let bar = crate::progress::Progress::new("removing veths", 20, args.json || args.dry_run);
+    let report = match gc::gc_with_progress(args.dry_run, &|done, total| bar.update(done, total)) {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
@@ -251,7 +257,7 @@ fn describe(k: &network::KnownNetwork) -> serde_json::Value {
     }
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> i32 {
+pub fn print_json<T: serde::Serialize>(value: &T) -> i32 {
     match serde_json::to_string_pretty(value) {
         Ok(text) => {
             println!("{text}");

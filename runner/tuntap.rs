@@ -12,10 +12,15 @@ pub enum TuntapCommand {
     /// Delete a TUN/TAP device.
     Del {
         /// Device name.
+        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::tun_devices))]
         name: String,
     },
     /// List TUN/TAP devices: name, mode, flags, owner, group, attached queues.
-    Ls,
+    Ls {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -49,7 +54,7 @@ pub fn run(cmd: TuntapCommand) -> i32 {
     let result = match cmd {
         TuntapCommand::Add(args) => add(args),
         TuntapCommand::Del { name } => del(&name),
-        TuntapCommand::Ls => ls(),
+        TuntapCommand::Ls { json } => ls(json),
     };
     match result {
         Ok(()) => 0,
@@ -124,8 +129,29 @@ fn del(name: &str) -> netbox::Result<()> {
     })
 }
 
-fn ls() -> netbox::Result<()> {
+fn ls(json: bool) -> netbox::Result<()> {
     let tuns = block_on(|nl| async move { Ok(nl.tun_links().await?) })?;
+    if json {
+        let rows: Vec<serde_json::Value> = tuns
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "mode": if t.tap { "tap" } else { "tun" },
+                    "persist": t.persist,
+                    "multi_queue": t.multi_queue,
+                    "vnet_hdr": t.vnet_hdr,
+                    "packet_info": t.packet_info,
+                    "up": t.up,
+                    "owner": t.owner,
+                    "group": t.group,
+                    "queues": t.num_queues,
+                })
+            })
+            .collect();
+        crate::ns::print_json(&rows);
+        return Ok(());
+    }
     println!(
         "{:<16} {:<5} {:<36} {:<8} {:<8} QUEUES",
         "NAME", "MODE", "FLAGS", "OWNER", "GROUP"

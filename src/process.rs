@@ -1204,6 +1204,41 @@ pub fn new_session_on_exec(cmd: &mut std::process::Command) {
     }
 }
 
+/// Tries to create a user + network namespace in a child process, as the caller or, when
+/// `as_nobody`, as user nobody (what an unprivileged user may do, asked by root). Err says
+/// why the kernel refused.
+pub fn try_user_namespace(as_nobody: bool) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec and only makes syscalls.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+            if as_nobody {
+                setgroups(&[]).map_err(io::Error::from)?;
+                let gid = Gid::from_raw(65534);
+                let uid = Uid::from_raw(65534);
+                setresgid(gid, gid, gid).map_err(io::Error::from)?;
+                setresuid(uid, uid, uid).map_err(io::Error::from)?;
+            }
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_NEWUSER | nix::sched::CloneFlags::CLONE_NEWNET,
+            )
+            .map_err(io::Error::from)
+        });
+    }
+    let status = cmd.spawn()?.wait()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("test process {status}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

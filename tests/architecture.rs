@@ -27,11 +27,12 @@ const LAYERS: [(&str, &[&str]); 4] = [
 const UNLAYERED: [&str; 2] = ["", "error"];
 
 /// Use cases: none may use another.
-const USE_CASES: [&str; 6] = [
+const USE_CASES: [&str; 7] = [
     "usecase::run",
     "usecase::named",
     "usecase::gc",
     "usecase::cni",
+    "usecase::doctor",
     "lab",
     "startup",
 ];

@@ -7,6 +7,7 @@ mod architecture;
 mod cni;
 mod containerd;
 mod firewall;
+mod fits;
 mod ipam;
 mod lab;
 mod lifecycle;

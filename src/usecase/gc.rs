@@ -152,6 +152,12 @@ fn owner_text(owner: &Owner) -> String {
 
 /// Removes what netbox made whose owner is gone; with `dry_run`, only says what it would remove.
 pub fn gc(dry_run: bool) -> Result<Report> {
+    gc_with_progress(dry_run, &|_, _| {})
+}
+
+/// [`gc`], telling `progress` (done, total) as it removes host veths: the slow part (each
+/// deletion waits for the kernel, tens of milliseconds), the rest is file work.
+pub fn gc_with_progress(dry_run: bool, progress: &dyn Fn(usize, usize)) -> Result<Report> {
     let _lock = Lock::exclusive()?;
     let view = View::read(true)?;
     let mut sweep = Sweep::new(&view, dry_run)?;
@@ -160,7 +166,7 @@ pub fn gc(dry_run: bool) -> Result<Report> {
         .iter()
         .filter(|r| view.record_stale(r))
         .collect();
-    sweep.veths();
+    sweep.veths(progress);
     sweep.unaliased_cni_veths(&stale);
     sweep.namespaces(&stale);
     for store in view.stores() {
@@ -224,15 +230,20 @@ impl<'a> Sweep<'a> {
     }
 
     /// Host veths whose alias names a gone owner.
-    fn veths(&mut self) {
+    fn veths(&mut self, progress: &dyn Fn(usize, usize)) {
         let view = self.view;
-        for link in &view.links {
-            let Some(owner) = link_owner(link) else {
-                continue;
-            };
-            if view.owner_stale(&owner) {
-                self.delete_link(link, &owner);
-            }
+        let stale: Vec<(&Link, Owner)> = view
+            .links
+            .iter()
+            .filter_map(|l| {
+                link_owner(l)
+                    .filter(|o| view.owner_stale(o))
+                    .map(|o| (l, o))
+            })
+            .collect();
+        for (done, (link, owner)) in stale.iter().enumerate() {
+            self.delete_link(link, owner);
+            progress(done + 1, stale.len());
         }
     }
 

@@ -26,6 +26,7 @@ use thiserror::Error;
 
 use crate::sys::netns::NetNs;
 
+mod bridge_vlan;
 mod neigh;
 mod tc;
 mod vxlan;
