@@ -91,10 +91,12 @@ fn matching(current: &OsStr, names: impl IntoIterator<Item = String>) -> Vec<Com
 
 /// Named namespaces (`netbox exec` enters any of them).
 pub fn namespaces(current: &OsStr) -> Vec<CompletionCandidate> {
-    matching(
-        current,
-        netbox::sys::netns::list_named().unwrap_or_default(),
-    )
+    let names = std::fs::read_dir(netbox::sys::netns::NETNS_RUN_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string));
+    matching(current, names)
 }
 
 /// Sandboxes made by `netbox ns add`.
