@@ -330,12 +330,17 @@ fn stale_veths(n: usize) {
 
 /// `netbox ARGS` on a pseudo-terminal (util-linux `script`): what a user at a terminal sees.
 fn on_terminal(args: &str) -> String {
+    on_terminal_with(args, &[])
+}
+
+fn on_terminal_with(args: &str, env: &[(&str, &std::path::Path)]) -> String {
     let out = Command::new("script")
         .args([
             "-qec",
             &format!("{} {args}", netbox_bin().display()),
             "/dev/null",
         ])
+        .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
         .output()
         .expect("script");
@@ -400,20 +405,7 @@ fn a_large_lab_shows_progress_on_a_terminal_only() {
     std::fs::write(&file, toml).expect("write lab");
     let lab_dir = dir.path().join("state");
     let file = file.display();
-    let on_terminal = |args: &str| {
-        let out = Command::new("script")
-            .args([
-                "-qec",
-                &format!("{} {args}", netbox_bin().display()),
-                "/dev/null",
-            ])
-            .env("NETBOX_LAB_DIR", &lab_dir)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("script");
-        assert!(out.status.success(), "{}", text(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let on_terminal = |args: &str| on_terminal_with(args, &[("NETBOX_LAB_DIR", &lab_dir)]);
     let printed = on_terminal(&format!("lab test {file}"));
     assert!(printed.contains("building links"), "{printed}");
     assert!(printed.contains("110/110"), "{printed}");
