@@ -152,6 +152,9 @@ pub fn ls(args: LsArgs) -> i32 {
     for r in &listing.stale_rules {
         println!("stale firewall rules: table {} of {}", r.table, r.owner);
     }
+    for g in &listing.garbage {
+        println!("unreadable store entry (skipped; gc removes it once unowned): {g}");
+    }
     0
 }
 

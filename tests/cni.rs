@@ -1620,3 +1620,150 @@ fn gc_and_status_are_forwarded_to_a_delegate_that_speaks_them() {
     assert!(gc_call.contains("\"cniVersion\":\"1.1.0\""), "{gc_call}");
     assert!(calls.lines().any(|l| l.starts_with("STATUS ")), "{calls}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Store robustness.
+
+fn netbox_ls() -> Value {
+    let out = Command::new(crate::harness::netbox_bin())
+        .args(["ls", "--json"])
+        .output()
+        .expect("netbox ls");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ls json")
+}
+
+#[test]
+fn corrupt_store_files_are_reported_skipped_and_reclaimed() {
+    if !private_host("cni::corrupt_store_files_are_reported_skipped_and_reclaimed") {
+        return;
+    }
+    let config = conf("1.1.0", json!({}));
+    for id in ["a", "b"] {
+        netns::create_named(id).expect("netns");
+        add(id, id, &config);
+    }
+    let store = format!("{LEASES}/testnet");
+    // A lease that is a plain file, a lease naming no owner, b's index truncated to a plain
+    // file, and a record that is not JSON.
+    std::fs::write(format!("{store}/leases/10.89.0.200"), "garbage").expect("plant");
+    std::os::unix::fs::symlink("../owners/nowhere", format!("{store}/leases/10.89.0.201"))
+        .expect("plant");
+    let b_index = format!("{store}/owners/cni/b+eth0");
+    std::fs::remove_file(&b_index).expect("index");
+    std::fs::write(&b_index, "10.89.0.").expect("plant");
+    std::fs::write("/run/netbox/cni/zzz+eth0.json", "{\"kind\": \"cn").expect("plant");
+    let garbage = netbox_ls()["garbage"].to_string();
+    for planted in ["10.89.0.200", "10.89.0.201", "b+eth0", "zzz+eth0.json"] {
+        assert!(
+            garbage.contains(planted),
+            "{planted} not reported: {garbage}"
+        );
+    }
+    // DEL of b works despite its broken index, and releases its lease.
+    assert!(cni(&env_of("DEL", "b", &netns_path("b")), &config).ok);
+    assert!(
+        !leases().iter().any(|l| l.ends_with("/10.89.0.3")),
+        "{:?}",
+        leases()
+    );
+    // GC of the network works despite the garbage, keeps a and removes what nobody owns.
+    let mut gc_conf: Value = serde_json::from_str(&config).expect("json");
+    gc_conf["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
+    let gc = cni(&[("CNI_COMMAND", "GC")], &gc_conf.to_string());
+    assert!(gc.ok, "{}", gc.stdout);
+    let left: Vec<String> = leases().into_iter().collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with("/10.89.0.2"), "{left:?}");
+    // netbox gc removes the unreadable record: nothing of its attachment exists.
+    let out = Command::new(crate::harness::netbox_bin())
+        .arg("gc")
+        .output()
+        .expect("netbox gc");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new("/run/netbox/cni/zzz+eth0.json").exists());
+    assert!(netbox_ls()["garbage"].as_array().is_some_and(Vec::is_empty));
+    // a is untouched and still passes CHECK-worthy state: its lease and veth.
+    assert_eq!(host_veths().len(), 1, "{:?}", host_veths());
+}
+
+#[test]
+fn a_write_on_a_full_disk_leaves_no_temporary_file() {
+    if !private_host("cni::a_write_on_a_full_disk_leaves_no_temporary_file") {
+        return;
+    }
+    netns::create_named("c1").expect("netns");
+    let config = conf("1.1.0", json!({}));
+    // The state directory and the lease store on a tiny file system, filled up.
+    sh("mount -t tmpfs -o size=64k tmpfs /run/netbox");
+    sh("mkdir -p /var/lib/netbox/ipam && mount -t tmpfs -o size=64k tmpfs /var/lib/netbox/ipam");
+    add("c1", "c1", &config);
+    assert!(cni(&env_of("DEL", "c1", &netns_path("c1")), &config).ok);
+    for dir in ["/run/netbox", "/var/lib/netbox/ipam"] {
+        // dd stops at ENOSPC: that is the point.
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", &format!("of={dir}/fill"), "bs=4k"])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let answer = cni(&env_of("ADD", "c1", &netns_path("c1")), &config);
+    assert_eq!(answer.code(), 5, "{}", answer.stdout);
+    let tmp: Vec<String> = files_under(Path::new("/run/netbox"))
+        .into_iter()
+        .chain(files_under(Path::new("/var/lib/netbox/ipam/testnet/tmp")))
+        .filter(|f| f.contains(".tmp.") || f.contains("/tmp/"))
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+    assert!(
+        host_veths().is_empty() && leases().is_empty(),
+        "{:?}",
+        leases()
+    );
+}
+
+#[test]
+fn nothing_in_the_stores_follows_a_planted_symlink() {
+    if !private_host("cni::nothing_in_the_stores_follows_a_planted_symlink") {
+        return;
+    }
+    netns::create_named("c1").expect("netns");
+    let config = conf("1.1.0", json!({}));
+    let victim = "/var/lib/netbox/victim";
+    sh(&format!(
+        "mkdir -p {victim} && echo keep > {victim}/precious"
+    ));
+    let contents = || files_under(Path::new(victim));
+    let before = contents();
+    let store = format!("{LEASES}/testnet");
+    sh(&format!("mkdir -p {store}"));
+    let env = env_of("ADD", "c1", "/run/netns/c1");
+    // Each directory or file of the stores replaced by a link into the victim directory.
+    for (planted, what) in [
+        (format!("{store}/tmp"), "the store's tmp/"),
+        (format!("{store}/lock"), "the store's lock"),
+        (format!("{store}/leases"), "the store's leases/"),
+        ("/run/netbox/cni".to_string(), "the records' directory"),
+    ] {
+        let _ = std::fs::remove_dir_all(&store);
+        sh(&format!("mkdir -p {store} && rm -rf /run/netbox/cni"));
+        let target = if what.ends_with('/') || what.contains("directory") {
+            victim.to_string()
+        } else {
+            format!("{victim}/planted-lock")
+        };
+        std::os::unix::fs::symlink(&target, &planted).expect("plant");
+        let answer = cni(&env, &config);
+        assert!(!answer.ok, "{what}: followed? {}", answer.stdout);
+        assert_eq!(contents(), before, "{what}: the victim changed");
+        let _ = std::fs::remove_file(&planted);
+        assert!(host_veths().is_empty(), "{what}");
+    }
+}

@@ -34,11 +34,12 @@
 //! Migration from host-local: when `dataDir` points at host-local's directory, its lease files
 //! (`<network>/<ip>`) are treated as taken, and its `lock` file is the one both lock.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{DirBuilder, File};
+use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::{symlink, DirBuilderExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
@@ -46,6 +47,7 @@ use crate::model::ipam::config::validate_network_name;
 use crate::model::ipam::range::{scan_order, to_u128};
 use crate::model::ipam::{IpamConfig, IpamError, Range};
 use crate::model::owner::Owner;
+use crate::sys::dirfd::Dir;
 
 type Result<T, E = IpamError> = std::result::Result<T, E>;
 
@@ -88,6 +90,7 @@ pub struct Store {
     dir: PathBuf,
     network: String,
     step_hook: Option<fn(Step)>,
+    dirs: Arc<Dirs>,
 }
 
 impl Store {
@@ -96,22 +99,42 @@ impl Store {
     pub fn open(data_dir: &Path, network: &str) -> Result<Store> {
         validate_network_name(network)?;
         let dir = data_dir.join(network);
-        for sub in ["leases", "owners/cni", "owners/proc", "owners/named", "tmp"] {
-            let path = dir.join(sub);
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&path)
-                .map_err(|source| IpamError::Io {
-                    path,
-                    context: "creating the store",
-                    source,
-                })?;
-        }
+        let failed = |path: PathBuf| {
+            move |source| IpamError::Io {
+                path,
+                context: "creating the store",
+                source,
+            }
+        };
+        // The data directory is the administrator's; below it every directory is opened from
+        // its parent without following links (see `sys::dirfd`).
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(data_dir)
+            .map_err(failed(data_dir.to_path_buf()))?;
+        let root = Dir::open(data_dir)
+            .and_then(|d| d.ensure_sub(network, 0o755))
+            .map_err(failed(dir.clone()))?;
+        let sub = |parent: &Dir, name: &str| {
+            parent
+                .ensure_sub(name, 0o755)
+                .map_err(failed(parent.join(name)))
+        };
+        let owners = sub(&root, "owners")?;
+        let dirs = Dirs {
+            leases: sub(&root, "leases")?,
+            cni: sub(&owners, "cni")?,
+            proc: sub(&owners, "proc")?,
+            named: sub(&owners, "named")?,
+            tmp: sub(&root, "tmp")?,
+            root,
+        };
         Ok(Store {
             dir,
             network: network.into(),
             step_hook: None,
+            dirs: Arc::new(dirs),
         })
     }
 
@@ -177,7 +200,7 @@ impl Store {
             ips.extend(fresh.iter().map(|f| f.1));
             self.write_index(&index, &ips)?;
             if durable {
-                self.sync_dir(&self.dir.join("owners").join(owner_dir(owner)))?;
+                self.sync_dir(self.index_of(&index)?.0)?;
             }
             self.step(Step::IndexWritten);
             let mut linked = Vec::new();
@@ -189,7 +212,7 @@ impl Store {
                 linked.push(*ip);
             }
             if durable {
-                if let Err(e) = self.sync_dir(&self.dir.join("leases")) {
+                if let Err(e) = self.sync_dir(&self.dirs.leases) {
                     self.undo(&linked, &index, previous.as_deref());
                     return Err(e);
                 }
@@ -205,7 +228,7 @@ impl Store {
                 .iter()
                 .filter(|ip| fresh.iter().any(|(set, _)| cfg.set_of(**ip) == Some(*set)))
             {
-                self.remove_entry(&self.lease_path(*ip), "removing a lease")?;
+                self.remove_entry(self.lease_entry(*ip), "removing a lease")?;
             }
         }
         Ok(chosen
@@ -227,14 +250,14 @@ impl Store {
 
     /// Every lease of the network, in address order.
     pub fn leases(&self) -> Result<Vec<Lease>> {
-        let dir = self.dir.join("leases");
         let mut out = Vec::new();
-        for name in list_dir(&dir, "listing leases")? {
+        for name in list_dir(&self.dirs.leases, "listing leases")? {
             let Ok(ip) = name.parse::<IpAddr>() else {
                 continue;
             };
-            // Gone between the listing and the read: not a lease any more.
-            let Some(index) = self.lease_owner(ip)? else {
+            // Gone between the listing and the read: not a lease any more. An entry that is
+            // not a link is garbage ([`Store::garbage`]): skipped, not fatal.
+            let Ok(Some(index)) = self.lease_owner(ip) else {
                 continue;
             };
             if let Some(owner) = Owner::from_key(&index) {
@@ -280,24 +303,31 @@ impl Store {
             .filter(|lease| !keep(&lease.owner))
             .collect();
         for lease in &released {
-            self.remove_entry(&self.lease_path(lease.ip), "removing a lease")?;
+            self.remove_entry(self.lease_entry(lease.ip), "removing a lease")?;
         }
         if !released.is_empty() {
-            self.sync_dir(&self.dir.join("leases"))?;
+            self.sync_dir(&self.dirs.leases)?;
         }
         // Indexes go after their leases; also those left naming nothing by a crash.
-        for kind in ["cni", "proc", "named"] {
-            for file in list_dir(&self.dir.join("owners").join(kind), "listing owners")? {
+        for (kind, dir) in [
+            ("cni", &self.dirs.cni),
+            ("proc", &self.dirs.proc),
+            ("named", &self.dirs.named),
+        ] {
+            for file in list_dir(dir, "listing owners")? {
                 let index = format!("{kind}/{file}");
                 let Some(owner) = Owner::from_key(&index) else {
                     continue;
                 };
                 let ips = self.read_index(&index)?.unwrap_or_default();
                 if !keep(&owner) || !ips.iter().any(|ip| self.holds(*ip, &index)) {
-                    self.remove_entry(&self.index_path(&index), "removing an owner index")?;
+                    self.remove_entry(self.index_of(&index)?, "removing an owner index")?;
                 }
             }
         }
+        drop(_lock);
+        // Entries nobody can own go too: one garbage file never stops the network's gc.
+        self.remove_garbage()?;
         Ok(released)
     }
 
@@ -305,8 +335,12 @@ impl Store {
     /// writing the index and creating the leases leaves an index naming nothing).
     pub fn owners(&self) -> Result<Vec<Owner>> {
         let mut out = Vec::new();
-        for kind in ["cni", "proc", "named"] {
-            for file in list_dir(&self.dir.join("owners").join(kind), "listing owners")? {
+        for (kind, dir) in [
+            ("cni", &self.dirs.cni),
+            ("proc", &self.dirs.proc),
+            ("named", &self.dirs.named),
+        ] {
+            for file in list_dir(dir, "listing owners")? {
                 if let Some(owner) = Owner::from_key(&format!("{kind}/{file}")) {
                     out.push(owner);
                 }
@@ -320,7 +354,7 @@ impl Store {
     pub fn reclaim_dead(&self) -> Result<usize> {
         let _lock = self.lock()?;
         let mut count = 0;
-        for file in list_dir(&self.dir.join("owners/proc"), "listing owners")? {
+        for file in list_dir(&self.dirs.proc, "listing owners")? {
             let index = format!("proc/{file}");
             if Owner::from_key(&index).is_some_and(|owner| !owner.is_alive()) {
                 count += self.release_locked(&index)?;
@@ -330,23 +364,33 @@ impl Store {
     }
 
     fn release_locked(&self, index: &str) -> Result<usize> {
-        let Some(ips) = self.read_index(index)? else {
-            return Ok(0);
+        let entry = self.index_of(index)?;
+        let ips = match self.read_index(index)? {
+            Some(ips) => ips,
+            // No index, but an entry there: garbage in its place. The owner's leases are
+            // found by reading every lease instead.
+            None if entry.exists() => self
+                .leases()?
+                .into_iter()
+                .filter(|l| l.owner.key().ok().as_deref() == Some(index))
+                .map(|l| l.ip)
+                .collect(),
+            None => return Ok(0),
         };
         let mut count = 0;
         for ip in ips {
             // The index may name an address someone else holds now (see the module comment).
             if self.holds(ip, index) {
-                self.remove_entry(&self.lease_path(ip), "removing a lease")?;
+                self.remove_entry(self.lease_entry(ip), "removing a lease")?;
                 count += 1;
             }
         }
         if count > 0 && index.starts_with("cni/") {
             // The removals are durable before the index goes: see the module comment.
-            self.sync_dir(&self.dir.join("leases"))?;
+            self.sync_dir(&self.dirs.leases)?;
         }
         self.step(Step::LeasesRemoved);
-        self.remove_entry(&self.index_path(index), "removing an owner index")?;
+        self.remove_entry(entry, "removing an owner index")?;
         Ok(count)
     }
 
@@ -392,12 +436,14 @@ impl Store {
 
     /// Fails when a requested address is leased (by netbox or by host-local).
     fn check_free(&self, ip: IpAddr) -> Result<()> {
-        let holder = match self.lease_owner(ip)? {
-            Some(index) => Owner::from_key(&index)
+        let holder = match self.lease_owner(ip) {
+            Ok(Some(index)) => Owner::from_key(&index)
                 .map(|o| o.to_string())
                 .unwrap_or(index),
-            None if exists(&self.host_local_lease(ip)) => "a host-local lease".into(),
-            None => return Ok(()),
+            Ok(None) if self.host_local_lease(ip).exists() => "a host-local lease".into(),
+            Ok(None) => return Ok(()),
+            // Never handed out on a doubt.
+            Err(_) => "an entry netbox cannot read".into(),
         };
         Err(IpamError::RequestedTaken {
             network: self.network.clone(),
@@ -408,11 +454,9 @@ impl Store {
 
     /// The first free address after the set's cursor: usually the very first one tried.
     fn find_free(&self, set_index: usize, set: &[Range]) -> Result<IpAddr> {
-        let cursor = fs::read_to_string(self.cursor_path(set_index))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let cursor = self.read_cursor(set_index);
         scan_order(set, cursor)
-            .find(|ip| !exists(&self.lease_path(*ip)) && !exists(&self.host_local_lease(*ip)))
+            .find(|ip| !self.lease_entry(*ip).exists() && !self.host_local_lease(*ip).exists())
             .ok_or_else(|| IpamError::Exhausted {
                 network: self.network.clone(),
                 ranges: set
@@ -432,15 +476,17 @@ impl Store {
     /// matters more than a failure here, and the index still lists anything left behind).
     fn undo(&self, linked: &[IpAddr], index: &str, previous: Option<&[IpAddr]>) {
         for ip in linked {
-            let _ = fs::remove_file(self.lease_path(*ip));
+            let _ = self.lease_entry(*ip).remove();
         }
-        let _ = self.sync_dir(&self.dir.join("leases"));
+        let _ = self.dirs.leases.sync();
         match previous {
             Some(ips) => {
                 let _ = self.write_index(index, ips);
             }
             None => {
-                let _ = fs::remove_file(self.index_path(index));
+                if let Some(entry) = self.index_entry(index) {
+                    let _ = entry.remove();
+                }
             }
         }
     }
@@ -452,63 +498,57 @@ impl Store {
     }
 
     fn lock(&self) -> Result<File> {
-        let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| IpamError::Io {
-                path: path.clone(),
-                context: "opening the lock",
-                source,
-            })?;
         // flock: per open file, so threads of one process exclude each other too; released
-        // when the file is closed, including when the process dies.
-        file.lock().map_err(|source| IpamError::Io {
-            path,
+        // when the file is closed, including when the process dies. Never through a link.
+        self.dirs.root.lock("lock").map_err(|source| IpamError::Io {
+            path: self.dir.join("lock"),
             context: "taking the lock",
             source,
-        })?;
-        Ok(file)
+        })
     }
 
     /// Removes what writers that crashed left in `tmp/` (we hold the lock: no one is writing).
     fn clean_tmp(&self) {
-        if let Ok(entries) = fs::read_dir(self.dir.join("tmp")) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
-            }
+        for name in self.dirs.tmp.entries().unwrap_or_default() {
+            let _ = self.dirs.tmp.unlink(&name);
         }
     }
 
-    fn lease_path(&self, ip: IpAddr) -> PathBuf {
-        self.dir.join("leases").join(ip.to_string())
+    fn lease_entry(&self, ip: IpAddr) -> Entry<'_> {
+        Entry(&self.dirs.leases, ip.to_string())
     }
 
-    fn host_local_lease(&self, ip: IpAddr) -> PathBuf {
-        self.dir.join(ip.to_string())
+    fn host_local_lease(&self, ip: IpAddr) -> Entry<'_> {
+        Entry(&self.dirs.root, ip.to_string())
     }
 
-    fn index_path(&self, index: &str) -> PathBuf {
-        self.dir.join("owners").join(index)
+    /// The entry of an index name (`cni/<file>`, `proc/<file>`, `named/<file>`).
+    fn index_entry(&self, index: &str) -> Option<Entry<'_>> {
+        let (kind, file) = index.split_once('/')?;
+        let dir = match kind {
+            "cni" => &self.dirs.cni,
+            "proc" => &self.dirs.proc,
+            "named" => &self.dirs.named,
+            _ => return None,
+        };
+        (!file.is_empty() && !file.contains('/')).then(|| Entry(dir, file.to_string()))
     }
 
-    fn cursor_path(&self, set: usize) -> PathBuf {
-        self.dir.join(format!("cursor.{set}"))
+    fn index_of(&self, index: &str) -> Result<Entry<'_>> {
+        self.index_entry(index)
+            .ok_or_else(|| IpamError::BadOwner(format!("index name {index:?}")))
     }
 
-    /// A path in `tmp/` for preparing a `kind` of record: the pid keeps processes apart, the
+    /// A name in `tmp/` for preparing a `kind` of record: the pid keeps processes apart, the
     /// lock threads. Short, whatever the record's name.
-    fn tmp_path(&self, kind: &str) -> PathBuf {
-        self.dir
-            .join("tmp")
-            .join(format!("{kind}.{}", std::process::id()))
+    fn tmp_entry(&self, kind: &str) -> Entry<'_> {
+        Entry(&self.dirs.tmp, format!("{kind}.{}", std::process::id()))
     }
 
-    /// The index name a lease points at, None when the address is free.
+    /// The index name a lease points at, None when the address is free. A lease entry that is
+    /// not a link (garbage: netbox never writes one) is an error the callers judge.
     fn lease_owner(&self, ip: IpAddr) -> Result<Option<String>> {
-        let Some(target) = read_link(&self.lease_path(ip))? else {
+        let Some(target) = self.lease_entry(ip).readlink()? else {
             return Ok(None);
         };
         Ok(Some(
@@ -521,10 +561,12 @@ impl Store {
 
     /// Creates the lease of `ip` for the owner of `index`; fails if the address is leased.
     fn create_lease(&self, ip: IpAddr, index: &str) -> Result<()> {
-        let path = self.lease_path(ip);
-        symlink(format!("{LEASE_TARGET_PREFIX}{index}"), &path).map_err(|source| {
-            IpamError::Io {
-                path,
+        let entry = self.lease_entry(ip);
+        entry
+            .0
+            .symlink(&format!("{LEASE_TARGET_PREFIX}{index}"), &entry.1)
+            .map_err(|source| IpamError::Io {
+                path: entry.path(),
                 context: if source.kind() == io::ErrorKind::AlreadyExists {
                     // Only a writer that bypassed the lock can get here.
                     "address already leased (was the store changed without its lock?)"
@@ -532,14 +574,21 @@ impl Store {
                     "creating a lease"
                 },
                 source,
-            }
-        })
+            })
     }
 
-    /// The addresses an index lists, None when there is no index.
+    /// The addresses an index lists, None when there is no index (or it is not a link:
+    /// garbage, which [`Store::release`] and [`Store::gc`] clear).
     fn read_index(&self, index: &str) -> Result<Option<Vec<IpAddr>>> {
-        Ok(read_link(&self.index_path(index))?
-            .map(|target| target.split(',').filter_map(|s| s.parse().ok()).collect()))
+        let entry = self.index_of(index)?;
+        Ok(match entry.readlink() {
+            Ok(target) => target,
+            Err(IpamError::Io { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => {
+                None
+            }
+            Err(e) => return Err(e),
+        }
+        .map(|target| target.split(',').filter_map(|s| s.parse().ok()).collect()))
     }
 
     /// Replaces an index atomically (a symlink prepared in `tmp/`, renamed into place).
@@ -549,97 +598,166 @@ impl Store {
             .map(IpAddr::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let tmp = self.tmp_path("index");
-        let path = self.index_path(index);
-        let _ = fs::remove_file(&tmp);
-        symlink(&target, &tmp)
-            .and_then(|()| fs::rename(&tmp, &path))
-            .map_err(|source| IpamError::Io {
-                path,
-                context: "writing an owner index",
-                source,
+        let tmp = self.tmp_entry("index");
+        let entry = self.index_of(index)?;
+        let _ = tmp.remove();
+        tmp.0
+            .symlink(&target, &tmp.1)
+            .and_then(|()| tmp.0.rename(&tmp.1, entry.0, &entry.1))
+            .map_err(|source| {
+                let _ = tmp.remove();
+                IpamError::Io {
+                    path: entry.path(),
+                    context: "writing an owner index",
+                    source,
+                }
             })
     }
 
     /// Saves a scan hint: written whole then renamed, never fsynced.
     fn write_cursor(&self, set: usize, ip: IpAddr) -> io::Result<()> {
-        let tmp = self.tmp_path("cursor");
-        let mut file = File::create(&tmp)?;
-        file.write_all(ip.to_string().as_bytes())?;
-        drop(file);
-        fs::rename(&tmp, self.cursor_path(set))
+        let tmp = self.tmp_entry("cursor");
+        let _ = tmp.0.unlink(&tmp.1);
+        tmp.0.write_new(&tmp.1, ip.to_string().as_bytes(), 0o644)?;
+        tmp.0
+            .rename(&tmp.1, &self.dirs.root, &format!("cursor.{set}"))
+            .inspect_err(|_| {
+                let _ = tmp.0.unlink(&tmp.1);
+            })
     }
 
-    fn remove_entry(&self, path: &Path, context: &'static str) -> Result<()> {
-        match fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(IpamError::Io {
-                path: path.to_path_buf(),
-                context,
-                source,
-            }),
+    fn read_cursor(&self, set: usize) -> Option<IpAddr> {
+        let bytes = self.dirs.root.read(&format!("cursor.{set}")).ok()?;
+        String::from_utf8(bytes).ok()?.trim().parse().ok()
+    }
+
+    fn remove_entry(&self, entry: Entry<'_>, context: &'static str) -> Result<()> {
+        entry.0.unlink(&entry.1).map_err(|source| IpamError::Io {
+            path: entry.path(),
+            context,
+            source,
+        })
+    }
+
+    fn sync_dir(&self, dir: &Dir) -> Result<()> {
+        dir.sync().map_err(|source| IpamError::Io {
+            path: dir.path().to_path_buf(),
+            context: "syncing a directory",
+            source,
+        })
+    }
+
+    /// Entries of lease or index entries that are not netbox's form (not a link, or a link
+    /// whose target names no owner): garbage from a crash of the file system or a hand, which
+    /// nobody can own. Listed by `netbox ls`, removed by gc.
+    pub fn garbage(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for name in self.dirs.leases.entries().unwrap_or_default() {
+            let entry = Entry(&self.dirs.leases, name);
+            let owned = entry.0.readlink(&entry.1).ok().flatten().is_some_and(|t| {
+                t.to_str()
+                    .and_then(|t| t.strip_prefix(LEASE_TARGET_PREFIX))
+                    .and_then(Owner::from_key)
+                    .is_some()
+            });
+            if !owned || entry.1.parse::<IpAddr>().is_err() {
+                out.push(entry.path());
+            }
         }
+        for (kind, dir) in [
+            ("cni", &self.dirs.cni),
+            ("proc", &self.dirs.proc),
+            ("named", &self.dirs.named),
+        ] {
+            for name in dir.entries().unwrap_or_default() {
+                let entry = Entry(dir, name);
+                let ok = Owner::from_key(&format!("{kind}/{}", entry.1)).is_some()
+                    && entry.0.readlink(&entry.1).ok().flatten().is_some();
+                if !ok {
+                    out.push(entry.path());
+                }
+            }
+        }
+        out
     }
 
-    fn sync_dir(&self, dir: &Path) -> Result<()> {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
+    /// Removes what [`Store::garbage`] lists (under the lock); how many entries went.
+    pub fn remove_garbage(&self) -> Result<usize> {
+        let _lock = self.lock()?;
+        let garbage = self.garbage();
+        for path in &garbage {
+            let (Some(dir), Some(name)) = (
+                path.parent().and_then(|d| self.dir_at(d)),
+                path.file_name().and_then(|n| n.to_str()),
+            ) else {
+                continue;
+            };
+            self.remove_entry(Entry(dir, name.to_string()), "removing garbage")?;
+        }
+        Ok(garbage.len())
+    }
+
+    fn dir_at(&self, path: &Path) -> Option<&Dir> {
+        [
+            &self.dirs.leases,
+            &self.dirs.cni,
+            &self.dirs.proc,
+            &self.dirs.named,
+        ]
+        .into_iter()
+        .find(|d| d.path() == path)
+    }
+}
+
+/// The directories of a store, each opened from its parent without following links.
+#[derive(Debug)]
+struct Dirs {
+    root: Dir,
+    leases: Dir,
+    cni: Dir,
+    proc: Dir,
+    named: Dir,
+    tmp: Dir,
+}
+
+/// One entry: a directory and a name in it.
+struct Entry<'a>(&'a Dir, String);
+
+impl Entry<'_> {
+    fn path(&self) -> PathBuf {
+        self.0.join(&self.1)
+    }
+
+    /// True unless certainly absent (an entry that cannot be examined counts as present, so
+    /// that an address is never handed out on a doubt).
+    fn exists(&self) -> bool {
+        self.0.exists(&self.1)
+    }
+
+    fn remove(&self) -> io::Result<()> {
+        self.0.unlink(&self.1)
+    }
+
+    /// A link's target, None when there is no such entry.
+    fn readlink(&self) -> Result<Option<String>> {
+        self.0
+            .readlink(&self.1)
+            .map(|t| t.map(|t| t.to_string_lossy().into_owned()))
             .map_err(|source| IpamError::Io {
-                path: dir.to_path_buf(),
-                context: "syncing a directory",
+                path: self.path(),
+                context: "reading a record",
                 source,
             })
     }
 }
 
-/// True unless `path` is certainly absent (an entry that cannot be examined counts as present,
-/// so that an address is never handed out on a doubt).
-fn exists(path: &Path) -> bool {
-    !matches!(fs::symlink_metadata(path), Err(e) if e.kind() == io::ErrorKind::NotFound)
-}
-
-/// A symlink's target, None when there is no such entry.
-fn read_link(path: &Path) -> Result<Option<String>> {
-    match fs::read_link(path) {
-        Ok(target) => Ok(Some(target.to_string_lossy().into_owned())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(IpamError::Io {
-            path: path.to_path_buf(),
-            context: "reading a record",
-            source,
-        }),
-    }
-}
-
-/// File names in a directory.
-fn list_dir(dir: &Path, context: &'static str) -> Result<Vec<String>> {
-    let io_err = |source| IpamError::Io {
-        path: dir.to_path_buf(),
+/// Entry names of a directory.
+fn list_dir(dir: &Dir, context: &'static str) -> Result<Vec<String>> {
+    dir.entries().map_err(|source| IpamError::Io {
+        path: dir.path().to_path_buf(),
         context,
         source,
-    };
-    let mut out = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        // A store made before a kind of owner existed has no directory for it.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(io_err(e)),
-    };
-    for entry in entries {
-        if let Ok(name) = entry.map_err(io_err)?.file_name().into_string() {
-            out.push(name);
-        }
-    }
-    Ok(out)
-}
-
-fn owner_dir(owner: &Owner) -> &'static str {
-    match owner {
-        Owner::Cni { .. } => "cni",
-        Owner::Process { .. } => "proc",
-        Owner::Named { .. } => "named",
-    }
+    })
 }
 
 fn allocation(cfg: &IpamConfig, set: usize, ip: IpAddr) -> Allocation {

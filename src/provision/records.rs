@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::owner::Owner;
+use crate::sys::dirfd::Dir;
 use crate::{Error, Result};
 
 /// Where records and the lock live unless NETBOX_RUN_DIR says otherwise.
@@ -141,9 +142,9 @@ impl Record {
     /// Creates the record, failing with `Ok(false)` when one exists already: the name is taken.
     pub fn claim(&self) -> Result<bool> {
         let path = self.path();
-        let tmp = self.write_tmp()?;
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
+        let (dir, tmp) = self.write_tmp()?;
+        let linked = dir.link(&tmp, &dir, &file_name(&path));
+        let _ = dir.unlink(&tmp);
         match linked {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
@@ -154,9 +155,9 @@ impl Record {
     /// Replaces the record (written whole, then renamed over the old one).
     pub fn save(&self) -> Result<()> {
         let path = self.path();
-        let tmp = self.write_tmp()?;
-        fs::rename(&tmp, &path).map_err(|e| {
-            let _ = fs::remove_file(&tmp);
+        let (dir, tmp) = self.write_tmp()?;
+        dir.rename(&tmp, &dir, &file_name(&path)).map_err(|e| {
+            let _ = dir.unlink(&tmp);
             io_err(format!("writing {}", path.display()))(e)
         })
     }
@@ -166,29 +167,52 @@ impl Record {
         remove_file(&self.path())
     }
 
-    fn write_tmp(&self) -> Result<PathBuf> {
-        let path = self.path();
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(run_dir);
-        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        let tmp = dir.join(format!(
-            ".tmp.{}.{}",
-            std::process::id(),
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("record")
-        ));
+    /// Writes the record whole under a temporary name in its directory (opened without
+    /// following links); a write that fails (a full disk) leaves nothing.
+    fn write_tmp(&self) -> Result<(Dir, String)> {
+        let dir = open_kind_dir(self.kind)?;
+        let tmp = format!(".tmp.{}.{}", std::process::id(), file_name(&self.path()));
         let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
-        fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
-        Ok(tmp)
+        let _ = dir.unlink(&tmp);
+        dir.write_new(&tmp, &text, 0o644)
+            .map_err(io_err(format!("writing {}", dir.join(&tmp).display())))?;
+        Ok((dir, tmp))
     }
 }
 
 fn remove_file(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+    else {
+        return Ok(());
+    };
+    match Dir::open(parent) {
+        Ok(dir) => dir
+            .unlink(name)
+            .map_err(io_err(format!("removing {}", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
     }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("record")
+        .to_string()
+}
+
+/// The directory of `kind`'s records, created if needed; below the state directory nothing
+/// is reached through a link.
+fn open_kind_dir(kind: Kind) -> Result<Dir> {
+    let run = run_dir();
+    fs::create_dir_all(&run).map_err(io_err(format!("creating {}", run.display())))?;
+    let name = match kind {
+        Kind::Ns | Kind::Run => "sandboxes",
+        Kind::Cni => "cni",
+    };
+    Dir::open(&run)
+        .and_then(|d| d.ensure_sub(name, 0o755))
+        .map_err(io_err(format!("opening {}", run.join(name).display())))
 }
 
 fn kind_dir(kind: Kind) -> PathBuf {
@@ -217,7 +241,11 @@ pub fn load_cni(owner: &Owner) -> Result<Option<Record>> {
 }
 
 fn load(path: &Path) -> Result<Option<Record>> {
-    match fs::read(path) {
+    let read = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        (Some(parent), Some(name)) => Dir::open(parent).and_then(|d| d.read(name)),
+        _ => Err(io::Error::from(io::ErrorKind::NotFound)),
+    };
+    match read {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| Error::Config(format!("record {} is not netbox's: {e}", path.display()))),
@@ -257,6 +285,29 @@ pub fn list() -> Result<Vec<Record>> {
         }
     }
     Ok(out)
+}
+
+/// Record files that do not read as a record (truncated, garbage, not a regular file):
+/// skipped by [`list`], shown by `netbox ls`, removed by `netbox gc` once nothing of their
+/// owner is left.
+pub fn unreadable() -> Vec<(Kind, PathBuf)> {
+    let mut out = Vec::new();
+    for kind in [Kind::Ns, Kind::Cni] {
+        let Ok(entries) = fs::read_dir(kind_dir(kind)) else {
+            continue;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|n| n.starts_with('.'));
+            if !hidden && load(&path).is_err() {
+                out.push((kind, path));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    out
 }
 
 /// Temporary files of writers that died (`.tmp.<pid>.*` of a pid that is gone).

@@ -5,11 +5,13 @@
 //! - `netlink`: links, addresses, routes (the only rtnetlink user);
 //! - `tuntap`: TUN/TAP devices and the packets they carry;
 //! - `capture`: packet capture into pcap files (raw packet sockets);
-//! - `runtime`: the single-threaded tokio runtime netlink work runs on.
+//! - `runtime`: the single-threaded tokio runtime netlink work runs on;
+//! - `dirfd`: files under a directory descriptor, never through a link (the stores' I/O).
 //!
 //! `crate::process` (fork/exec of the sandbox child) belongs here too.
 
 pub mod capture;
+pub mod dirfd;
 pub mod netlink;
 pub mod netns;
 pub mod private_host;

@@ -331,6 +331,20 @@ impl<'a> Sweep<'a> {
                     .push(format!("{}: {e}", store.dir().display()));
             }
         }
+        // Entries nobody can own (not links, or naming no owner): garbage, skipped by every
+        // reader, removed here.
+        let garbage = store.garbage();
+        if !garbage.is_empty() {
+            let r = self.unless_dry(|| store.remove_garbage().map(|_| ()).map_err(Error::from));
+            let failed = r.err().map(|e| e.to_string());
+            for path in garbage {
+                let r = match &failed {
+                    None => Ok(()),
+                    Some(e) => Err(Error::Config(e.clone())),
+                };
+                self.note("garbage", path.display().to_string(), None, r);
+            }
+        }
     }
 
     /// Firewall rules (netbox's own nftables tables) of gone owners. Without nft there is no
@@ -367,6 +381,27 @@ impl<'a> Sweep<'a> {
         for tmp in records::dead_tmp_files() {
             let r = self.unless_dry(|| records::remove_tmp(&tmp));
             self.note("tmp", tmp.display().to_string(), None, r);
+        }
+        // Unreadable CNI records, once nothing of the owner their name gives is left (no host
+        // veth of that attachment): a live attachment keeps even a broken record.
+        for (kind, path) in records::unreadable() {
+            let owner = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| Owner::from_key(&format!("cni/{s}")));
+            let Some(Owner::Cni {
+                container_id,
+                ifname,
+            }) = owner.filter(|_| kind == Kind::Cni)
+            else {
+                continue;
+            };
+            let veth = crate::model::owner::cni_host_ifname(&container_id, &ifname);
+            if self.view.links.iter().any(|l| l.name == veth) {
+                continue;
+            }
+            let r = self.unless_dry(|| records::remove_tmp(&path));
+            self.note("garbage", path.display().to_string(), None, r);
         }
     }
 }
@@ -406,6 +441,9 @@ pub struct Listing {
     pub stale_leases: Vec<LeaseEntry>,
     /// Firewall tables whose owner is gone.
     pub stale_rules: Vec<RuleEntry>,
+    /// Files in netbox's stores that read as nothing netbox writes (corrupt leases, indexes,
+    /// records): skipped, and removed by gc once provably unowned.
+    pub garbage: Vec<String>,
 }
 
 /// A firewall table (one attachment's rules) whose owner is gone.
@@ -518,6 +556,15 @@ pub fn ls() -> Result<Listing> {
             }
         }
     }
+    for store in &stores {
+        out.garbage
+            .extend(store.garbage().iter().map(|p| p.display().to_string()));
+    }
+    out.garbage.extend(
+        records::unreadable()
+            .into_iter()
+            .map(|(_, p)| p.display().to_string()),
+    );
     for (network, lease) in leases {
         if view.owner_stale(&lease.owner) {
             out.stale_leases.push(LeaseEntry {
