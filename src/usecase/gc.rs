@@ -10,12 +10,12 @@
 //!   existed), when its host veth is gone. A live attachment is never removed: the runtime DELs
 //!   it.
 //!
-//! gc holds the lifecycle lock exclusively (see `state`), so a concurrent ADD, `ns add` or
+//! gc holds the lifecycle lock exclusively (see `provision::records`), so a concurrent ADD, `ns add` or
 //! `ns del` is either finished or not started while it judges, and two gcs take turns. Bridges
 //! are never removed: they are shared, and an empty bridge costs nothing.
 //!
 //! Each kind of resource is found and judged separately ([`Resource`]): veths, namespaces,
-//! leases, records, temporary files. Adding one (firewall rules) is one more loop in [`gc`].
+//! leases, records, temporary files, firewall rules: adding one is one more method of `Sweep`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

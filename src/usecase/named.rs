@@ -1,6 +1,6 @@
 //! Named sandboxes: `netbox ns add/del`, `netbox exec`, and the name a `netbox run --name`
 //! carries while it lives. They are iproute2 named namespaces (/run/netns/NAME), so
-//! `ip netns list` and `ip netns exec` see them, each with a record (see `state`) written before
+//! `ip netns list` and `ip netns exec` see them, each with a record (see `provision::records`) written before
 //! anything is made.
 //!
 //! `ns add` and `ns del` hold the lifecycle lock shared for their whole duration, so `netbox gc`

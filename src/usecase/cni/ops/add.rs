@@ -44,7 +44,7 @@ pub(super) fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<CniResult, 
         open_store(conf, cfg)?.check_request(cfg, &conf.ips)?;
     }
     // gc waits while an ADD is at work, and the record says what this one makes before it
-    // makes anything (see `state`).
+    // makes anything (see `provision::records`).
     let _lock = records::Lock::shared().map_err(io_failure)?;
     let previous = match records::load_cni(&owner(env)) {
         Ok(p) => p,
