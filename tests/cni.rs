@@ -224,10 +224,18 @@ fn run_case(file: &Path) -> Result<(), String> {
     let ns_path = netns_path(&ns_name);
     let id = format!("id-{}", stem.replace('_', "-"));
     netns::create_named(&ns_name).map_err(|e| e.to_string())?;
-    for cmd in case["setup"].as_array().into_iter().flatten() {
+    let vars = [
+        ("$NETNS", ns_path.as_str()),
+        ("$NS", ns_name.as_str()),
+        ("$ID", id.as_str()),
+    ];
+    for cmd in substitute(&case["setup"], &vars)
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         sh(cmd.as_str().ok_or("setup")?);
     }
-    let vars = [("$NETNS", ns_path.as_str()), ("$ID", id.as_str())];
     let env_json = substitute(&case["env"], &vars);
     let env: Vec<(String, String)> = env_json
         .as_object()
@@ -298,6 +306,16 @@ fn run_case(file: &Path) -> Result<(), String> {
                 return Err(format!("{path} present in {result}"));
             }
         }
+        let host_veth = result["interfaces"][1]["name"].as_str().unwrap_or_default();
+        let mut check_vars = vars.to_vec();
+        check_vars.push(("$HOSTVETH", host_veth));
+        for check in substitute(&case["checks"], &check_vars)
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            behaviour_holds(check)?;
+        }
         Ok(())
     })();
     // A successful ADD is undone by DEL, which must leave nothing behind.
@@ -324,7 +342,11 @@ fn run_case(file: &Path) -> Result<(), String> {
             outcome = Err(format!("DEL left nft tables {tables:?}"));
         }
     }
-    for cmd in case["cleanup"].as_array().into_iter().flatten() {
+    for cmd in substitute(&case["cleanup"], &vars)
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         sh(cmd.as_str().unwrap_or("true"));
     }
     netns::delete_named(&ns_name).map_err(|e| e.to_string())?;
@@ -332,6 +354,52 @@ fn run_case(file: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(LEASES);
     let _ = Command::new("ip").args(["link", "del", "nbspec0"]).status();
     outcome
+}
+
+/// One behaviour check of a case (`checks`, see specs/cni/README.md): a shell command run on
+/// the host after the ADD, which must succeed (or fail, with `"fails": true`) and whose output
+/// must contain every `contains` and none of `lacks`.
+fn behaviour_holds(check: &Value) -> Result<(), String> {
+    let cmd = check["run"].as_str().ok_or("check without run")?;
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let what = check["what"].as_str().unwrap_or(cmd);
+    let fails = check["fails"].as_bool().unwrap_or(false);
+    if out.status.success() == fails {
+        return Err(format!(
+            "{what}: `{cmd}` {} ({}): {text}",
+            if fails { "succeeded" } else { "failed" },
+            out.status
+        ));
+    }
+    let strings = |key: &str| -> Vec<String> {
+        match &check[key] {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect(),
+            _ => vec![],
+        }
+    };
+    for part in strings("contains") {
+        if !text.contains(&part) {
+            return Err(format!("{what}: `{cmd}` does not say {part:?}: {text}"));
+        }
+    }
+    for part in strings("lacks") {
+        if text.contains(&part) {
+            return Err(format!("{what}: `{cmd}` says {part:?}: {text}"));
+        }
+    }
+    Ok(())
 }
 
 #[test]
