@@ -87,13 +87,13 @@ fn pair_checks() -> Vec<CheckPlan> {
     let mut v = vec![];
     for i in 1..=NODES {
         for j in i + 1..=NODES {
-            v.push(CheckPlan {
-                from: format!("n{i}"),
-                to: format!("n{j}"),
-                addr: addr(j),
-                probe: Probe::Tcp(PORT),
-                expect: Expect::Reach,
-            });
+            v.push(CheckPlan::new(
+                &format!("n{i}"),
+                &format!("n{j}"),
+                addr(j),
+                Probe::Tcp(PORT),
+                Expect::Reach,
+            ));
         }
     }
     v
@@ -200,12 +200,17 @@ fn shell_round(
     let listeners = start_listeners(&nodes);
     let built = t0.elapsed();
     let t1 = Instant::now();
-    let results = check::run_checks(plan, checks, |n| {
+    let node = |n: &str| {
         nodes
             .get(n)
             .ok_or_else(|| netbox::lab::LabError::Invalid(n.into()))
-    })
-    .expect("checks");
+    };
+    let env = check::Env {
+        plan,
+        node: &node,
+        hosts: None,
+    };
+    let results = check::run_checks(&env, checks).expect("checks");
     let failed: Vec<_> = results.iter().filter(|r| !r.passed).take(5).collect();
     assert!(failed.is_empty(), "shell star: checks failed: {failed:?}");
     let checked = t1.elapsed();

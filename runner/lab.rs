@@ -228,7 +228,8 @@ fn exec(file: &Path, node: &str, command: Vec<OsString>) -> Result<i32, LabError
     let program = words
         .next()
         .ok_or_else(|| LabError::Invalid("no command given".into()))?;
-    let status = netbox::lab::command_in(ns, &program)?
+    let hosts = netbox::lab::hosts::HostsFile::new(&plan)?;
+    let status = netbox::lab::command_in(ns, Some(&hosts), &program)?
         .args(words)
         .status()
         .map_err(|source| LabError::Io {
@@ -251,13 +252,20 @@ fn check(file: &Path, json: bool) -> Result<i32, LabError> {
         return Ok(code);
     }
     let nodes = holder::open_nodes(&plan)?;
-    let results = check::run_checks(&plan, &plan.checks, |n| {
+    let hosts = netbox::lab::hosts::HostsFile::new(&plan)?;
+    let node = |n: &str| {
         nodes.get(n).ok_or_else(|| LabError::Unknown {
             what: "node",
             name: n.to_string(),
             context: "check".into(),
         })
-    })?;
+    };
+    let env = check::Env {
+        plan: &plan,
+        node: &node,
+        hosts: Some(&hosts),
+    };
+    let results = check::run_checks(&env, &plan.checks)?;
     print_results(&results, json);
     Ok(if results.iter().all(|r| r.passed) {
         0

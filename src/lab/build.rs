@@ -42,11 +42,12 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
     let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
     // The Lab owns what exists from here on, so an early return tears it down.
     let mut lab = Lab {
-        plan,
+        plan: plan.clone(),
         nodes: BTreeMap::new(),
         fabric: None,
         services: Services::default(),
         owned: vec![],
+        hosts: super::hosts::HostsFile::new(&plan)?,
     };
     let name = lab.plan.name.clone();
     let fabric = fabric_ns_name(&name);
@@ -278,26 +279,31 @@ async fn configure(lab: &Lab, options: &BuildOptions, start: std::time::Instant)
 async fn fill_static_neighbors(conns: &Conns, plan: &Plan) -> Result<()> {
     let mut adds = FuturesUnordered::new();
     for sw in plan.switches.iter().filter(|s| s.static_arp) {
-        let members: Vec<(&str, &str, IpAddr)> = plan
+        let members: Vec<(&str, &str, IpAddr, Option<[u8; 6]>)> = plan
             .links
             .iter()
             .filter_map(|l| match (&l.a, &l.b) {
                 (EndPlan::Node { node, iface }, EndPlan::Switch { switch, .. })
                     if switch == &sw.name =>
                 {
-                    Some((node.as_str(), iface.name.as_str(), iface.address?.ip()))
+                    Some((
+                        node.as_str(),
+                        iface.name.as_str(),
+                        iface.address?.ip(),
+                        iface.mac,
+                    ))
                 }
                 _ => None,
             })
             .collect();
-        for (node, ifname, _) in &members {
+        for (node, ifname, _, _) in &members {
             let conn = conns.node(node)?.clone();
             let link = must_link(&conn, ifname).await?;
-            for (other, _, ip) in &members {
+            for (other, _, ip, mac) in &members {
                 if other == node {
                     continue;
                 }
-                let Some(mac) = super::topology::static_mac(*ip) else {
+                let Some(mac) = *mac else {
                     continue;
                 };
                 let (conn, link, ip) = (conn.clone(), link.clone(), *ip);
@@ -340,15 +346,6 @@ async fn build_link(
                 name: switch.clone(),
                 context: "link".into(),
             })?;
-            let static_arp = lab
-                .plan
-                .switches
-                .iter()
-                .any(|s| &s.name == switch && s.static_arp);
-            let peer_mac = match a_if.address {
-                Some(a) if static_arp => super::topology::static_mac(a.ip()),
-                _ => None,
-            };
             let port_link = conn
                 .create_veth(
                     &VethSpec {
@@ -356,7 +353,7 @@ async fn build_link(
                         peer_name: a_if.name.clone(),
                         controller: Some(bridge.index),
                         mtu: None,
-                        peer_mac,
+                        peer_mac: a_if.mac,
                         host_mac: None,
                         alias: Some(format!("lab {} link to {}", lab.plan.name, a_node)),
                     },
@@ -377,8 +374,8 @@ async fn build_link(
                         peer_name: a_if.name.clone(),
                         controller: None,
                         mtu: None,
-                        peer_mac: None,
-                        host_mac: None,
+                        peer_mac: a_if.mac,
+                        host_mac: b_if.mac,
                         alias: None,
                     },
                     a_ns,

@@ -11,6 +11,7 @@ pub mod build;
 pub mod check;
 pub mod graph;
 pub mod holder;
+pub mod hosts;
 pub mod services;
 pub mod topology;
 
@@ -95,6 +96,8 @@ pub struct Lab {
     services: services::Services,
     /// Namespaces this lab created (and only those are removed: never another's).
     owned: Vec<String>,
+    /// Bound over /etc/hosts for every command started in a node.
+    hosts: hosts::HostsFile,
 }
 
 impl Lab {
@@ -172,7 +175,12 @@ impl Lab {
         node: &str,
         program: S,
     ) -> Result<std::process::Command> {
-        command_in(self.node(node)?, program)
+        command_in(self.node(node)?, Some(&self.hosts), program)
+    }
+
+    /// The lab's hosts file (every node's name at its address).
+    pub fn hosts(&self) -> &hosts::HostsFile {
+        &self.hosts
     }
 
     /// A TCP connection made from inside `from` (the socket stays in that namespace).
@@ -197,7 +205,18 @@ impl Lab {
 
     /// Runs the file's checks.
     pub fn check(&self) -> Result<Vec<CheckResult>> {
-        check::run_checks(&self.plan, &self.plan.checks, |n| self.node(n))
+        self.run_checks(&self.plan.checks)
+    }
+
+    /// Runs the given checks (resolved against this lab's plan).
+    pub fn run_checks(&self, checks: &[topology::CheckPlan]) -> Result<Vec<CheckResult>> {
+        let node = |n: &str| self.node(n);
+        let env = check::Env {
+            plan: &self.plan,
+            node: &node,
+            hosts: Some(&self.hosts),
+        };
+        check::run_checks(&env, checks)
     }
 }
 
@@ -213,9 +232,16 @@ impl Drop for Lab {
     }
 }
 
-/// A command that starts inside `ns`.
-pub fn command_in<S: AsRef<OsStr>>(ns: &NetNs, program: S) -> Result<std::process::Command> {
+/// A command that starts inside `ns`, with `hosts` as its /etc/hosts when given.
+pub fn command_in<S: AsRef<OsStr>>(
+    ns: &NetNs,
+    hosts: Option<&hosts::HostsFile>,
+    program: S,
+) -> Result<std::process::Command> {
     let mut cmd = std::process::Command::new(program);
+    if let Some(h) = hosts {
+        h.bind_on_exec(&mut cmd)?;
+    }
     let fd = ns.try_clone_fd()?;
     crate::process::enter_namespaces_on_exec(
         &mut cmd,
