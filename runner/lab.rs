@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 
 use netbox::lab::check::{self, CheckResult};
-use netbox::lab::holder::{self, LabState, Mode};
+use netbox::lab::control::{self, Reply, Request};
+use netbox::lab::holder::{self, LabRecord as LabState, Mode};
+use netbox::lab::topology::{ImpairSpec, StepSpec};
 use netbox::lab::{graph, LabError, Topology};
+use netbox::lab::{runtime, timeline};
 
 #[derive(Args)]
 pub struct LabArgs {
@@ -50,7 +53,58 @@ enum LabCommand {
         #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::lab_files))]
         file: PathBuf,
     },
-    /// Up, check and down; the exit status is the checks' result.
+    /// Take a link down (give its two ends: NODE, NODE:IFNAME or a switch).
+    LinkDown { file: PathBuf, a: String, b: String },
+    /// Bring a link back up.
+    LinkUp { file: PathBuf, a: String, b: String },
+    /// Change a link's rate, loss, delay, jitter or reordering ("none" removes one).
+    Impair {
+        file: PathBuf,
+        a: String,
+        b: String,
+        #[arg(long)]
+        rate: Option<String>,
+        #[arg(long)]
+        loss: Option<String>,
+        #[arg(long)]
+        delay: Option<String>,
+        #[arg(long)]
+        jitter: Option<String>,
+        #[arg(long)]
+        reorder: Option<String>,
+    },
+    /// Cut every link of a node.
+    Isolate { file: PathBuf, node: String },
+    /// Undo `isolate`.
+    Restore { file: PathBuf, node: String },
+    /// Split the lab into groups that cannot reach each other: one GROUP per argument, nodes
+    /// separated by commas ("a,b" "c"); nodes not named form one more group.
+    Partition {
+        file: PathBuf,
+        #[arg(required = true, value_name = "GROUP")]
+        groups: Vec<String>,
+    },
+    /// Undo `partition`.
+    Heal { file: PathBuf },
+    /// Stop a node's start commands.
+    StopNode { file: PathBuf, node: String },
+    /// Start a node's start commands (again).
+    StartNode { file: PathBuf, node: String },
+    /// Back to the file's state (links, shaping, partition, start commands).
+    Reset { file: PathBuf },
+    /// The state of every link.
+    Links {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Play the file's timeline on the running lab.
+    Play {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Up, checks, timeline and down; the exit status is the result (0 all passed).
     Test {
         file: PathBuf,
         #[arg(long)]
@@ -77,6 +131,8 @@ enum LabCommand {
         file: PathBuf,
         #[arg(long)]
         capture: Option<PathBuf>,
+        #[arg(long)]
+        control_fd: Option<i32>,
     },
 }
 
@@ -93,7 +149,119 @@ pub fn run(args: LabArgs) -> i32 {
 
 fn dispatch(cmd: LabCommand) -> Result<i32, LabError> {
     match cmd {
-        LabCommand::Hold { file, capture } => Ok(holder::hold(&file, capture)),
+        LabCommand::Hold {
+            file,
+            capture,
+            control_fd,
+        } => Ok(holder::hold(&file, capture, control_fd)),
+        LabCommand::LinkDown { file, a, b } => change(
+            &file,
+            StepSpec {
+                link_down: Some(vec![a, b]),
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::LinkUp { file, a, b } => change(
+            &file,
+            StepSpec {
+                link_up: Some(vec![a, b]),
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::Impair {
+            file,
+            a,
+            b,
+            rate,
+            loss,
+            delay,
+            jitter,
+            reorder,
+        } => change(
+            &file,
+            StepSpec {
+                impair: Some(ImpairSpec {
+                    link: vec![a, b],
+                    rate,
+                    loss,
+                    delay,
+                    jitter,
+                    reorder,
+                }),
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::Isolate { file, node } => change(
+            &file,
+            StepSpec {
+                isolate: Some(node),
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::Restore { file, node } => change(
+            &file,
+            StepSpec {
+                restore: Some(node),
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::Partition { file, groups } => change(
+            &file,
+            StepSpec {
+                partition: Some(
+                    groups
+                        .iter()
+                        .map(|g| {
+                            g.split(',')
+                                .filter(|n| !n.is_empty())
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .collect(),
+                ),
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::Heal { file } => change(
+            &file,
+            StepSpec {
+                heal: true,
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::StopNode { file, node } => change(
+            &file,
+            StepSpec {
+                stop: Some(node),
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::StartNode { file, node } => change(
+            &file,
+            StepSpec {
+                start: Some(node),
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::Reset { file } => change(
+            &file,
+            StepSpec {
+                reset: true,
+                ..StepSpec::default()
+            },
+        ),
+        LabCommand::Links { file, json } => {
+            let name = running_name(&file)?;
+            match control::request(&name, &Request::Links, &mut |_| {})? {
+                Reply::Links(links) => print_links(&links, json),
+                other => return Err(unexpected(other)),
+            }
+            Ok(0)
+        }
+        LabCommand::Play { file, json } => {
+            let name = running_name(&file)?;
+            play(&name, json)
+        }
         LabCommand::Ls { json } => {
             ls(json);
             Ok(0)
@@ -128,7 +296,13 @@ fn dispatch(cmd: LabCommand) -> Result<i32, LabError> {
         } => {
             let (_, plan) = holder::lab_name(&file)?;
             up(&file, host, capture.as_deref(), json)?;
-            let result = check(&file, json);
+            let mut result = check(&file, json);
+            if !plan.steps.is_empty() {
+                result = match (result, play(&plan.name, json)) {
+                    (Ok(a), Ok(b)) => Ok(a.max(b)),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+            }
             let down = holder::down(&plan.name);
             let code = result?;
             down?;
@@ -168,7 +342,7 @@ fn up(file: &Path, host: bool, capture: Option<&Path>, json: bool) -> Result<(),
     let (state, summary) = holder::up(&exe, file, mode, capture, progress)?;
     if json {
         let value = serde_json::json!({
-            "name": state.name, "pid": state.pid, "mode": state.mode, "summary": summary,
+            "name": state.name, "pid": holder_pid(&state), "mode": state.mode, "summary": summary,
         });
         println!("{value}");
     } else {
@@ -334,8 +508,91 @@ fn ls(json: bool) {
             "{:<20} {:<8} {:<8} {}",
             l.name,
             mode,
-            l.pid,
+            holder_pid(l).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             l.file.display()
         );
     }
+}
+
+fn holder_pid(state: &LabState) -> Option<u32> {
+    match &state.holder {
+        Some(netbox::model::owner::Owner::Process { pid, .. }) => Some(*pid),
+        _ => None,
+    }
+}
+
+/// The name of the running lab of `file`, or NotUp.
+fn running_name(file: &Path) -> Result<String, LabError> {
+    let (_, plan) = holder::lab_name(file)?;
+    match holder::load_state(&plan.name)? {
+        Some(_) => Ok(plan.name),
+        None => Err(LabError::NotUp { name: plan.name }),
+    }
+}
+
+fn unexpected(reply: Reply) -> LabError {
+    LabError::Invalid(format!("the holder answered {reply:?}"))
+}
+
+/// Sends a change to the holder; prints the links afterwards (and the checks' results).
+fn change(file: &Path, spec: StepSpec) -> Result<i32, LabError> {
+    let name = running_name(file)?;
+    let mut code = 0;
+    let reply = control::request(&name, &Request::Apply(Box::new(spec)), &mut |r| {
+        if let Reply::Step(step) = r {
+            print!("{}", timeline::text(step));
+            if !step.passed {
+                code = 1;
+            }
+        }
+    })?;
+    match reply {
+        Reply::Links(links) => print_links(&links, false),
+        other => return Err(unexpected(other)),
+    }
+    Ok(code)
+}
+
+fn print_links(links: &[runtime::LinkStatus], json: bool) {
+    if json {
+        println!("{}", serde_json::json!({ "links": links }));
+    } else {
+        print!("{}", runtime::table(links));
+    }
+}
+
+/// Plays the timeline of a running lab; 0 when every step passed.
+fn play(name: &str, json: bool) -> Result<i32, LabError> {
+    let mut steps = vec![];
+    let reply = control::request(name, &Request::Play, &mut |r| {
+        if let Reply::Step(step) = r {
+            if !json {
+                print!("{}", timeline::text(step));
+            }
+            steps.push(step.clone());
+        }
+    })?;
+    let Reply::Done { passed } = reply else {
+        return Err(unexpected(reply));
+    };
+    let failed = steps.iter().filter(|s| !s.passed).count();
+    if json {
+        let checks: Vec<_> = steps.iter().flat_map(|s| s.checks.iter()).collect();
+        let checks_passed = checks.iter().filter(|c| c.passed).count();
+        println!(
+            "{}",
+            serde_json::json!({
+                "steps": steps,
+                "passed": checks_passed,
+                "failed": checks.len() - checks_passed + steps.iter().filter(|s| s.error.is_some()).count(),
+                "steps_failed": failed,
+            })
+        );
+    } else {
+        println!(
+            "timeline: {} steps passed, {failed} failed",
+            steps.len() - failed
+        );
+    }
+    Ok(if passed { 0 } else { 1 })
 }

@@ -10,7 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use super::services::Services;
 use super::topology::{EndPlan, LinkPlan, Plan};
 use super::{BuildOptions, Lab, LabError, Result};
-use crate::sys::netlink::{BridgeSpec, Link, NetemSpec, Netlink, TbfSpec, VethSpec, VxlanSpec};
+use crate::sys::netlink::{BridgeSpec, Link, Netlink, TbfSpec, VethSpec, VxlanSpec};
 use crate::sys::netns;
 use crate::sys::sysctl;
 
@@ -30,13 +30,7 @@ pub fn fabric_ns_name(lab: &str) -> String {
 /// Builds the plan; on failure everything made so far is removed.
 pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
     for link in &plan.links {
-        if link.rate_bytes.is_some() && (link.delay_ns.is_some() || link.loss_percent.is_some()) {
-            return Err(LabError::Invalid(format!(
-                "link {} - {}: a rate limit together with delay/loss is not supported",
-                link.a.label(),
-                link.b.label()
-            )));
-        }
+        super::runtime::Props::of(link).check(&link.label())?;
     }
     let start = std::time::Instant::now();
     let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
@@ -45,7 +39,9 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
         plan: plan.clone(),
         nodes: BTreeMap::new(),
         fabric: None,
-        services: Services::default(),
+        services: std::sync::Mutex::new(Services::default()),
+        runtime: std::sync::Mutex::new(super::runtime::Runtime::new(&plan)),
+        up_at: std::time::Instant::now(),
         owned: vec![],
         hosts: super::hosts::HostsFile::new(&plan)?,
     };
@@ -125,8 +121,14 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
     rt.block_on(configure(&lab, options, start))?;
     drop(rt);
     phase("configured");
-    lab.services = Services::start(&lab, options)?;
+    // Loss and netem of the file, the way later changes are made.
+    let mut runtime = super::runtime::Runtime::new(&lab.plan);
+    runtime.sync(&lab.plan, &|key| lab.namespace(key))?;
+    lab.runtime = std::sync::Mutex::new(runtime);
+    phase("links shaped");
+    lab.services = std::sync::Mutex::new(Services::start(&lab, options)?);
     phase("services started");
+    lab.up_at = std::time::Instant::now();
     Ok(lab)
 }
 
@@ -396,14 +398,6 @@ async fn build_link(
         let spec = TbfSpec::for_rate(rate);
         a_conn.add_tbf(&a_link, &spec).await?;
         here.add_tbf(&here_link, &spec).await?;
-    }
-    if link.delay_ns.is_some() || link.loss_percent.is_some() {
-        let spec = NetemSpec {
-            delay_ns: link.delay_ns.unwrap_or(0),
-            loss_percent: link.loss_percent.unwrap_or(0.0),
-        };
-        a_conn.add_netem(&a_link, &spec).await?;
-        here.add_netem(&here_link, &spec).await?;
     }
     Ok(())
 }

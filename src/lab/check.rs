@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::hosts::HostsFile;
 use super::topology::{CheckPlan, Expect, Plan, Probe};
@@ -35,7 +35,7 @@ pub const TIMEOUT: Duration = Duration::from_millis(2500);
 /// How many source nodes probe at the same time.
 pub const PARALLEL_NODES: usize = 8;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckResult {
     pub check: String,
     pub passed: bool,

@@ -11,14 +11,16 @@
 //!   named namespaces LAB-NODE under /run/netns, removed by the holder on SIGTERM (and by
 //!   `lab down` again, in case the holder was killed).
 //!
-//! A state file records the holder (pid and start time, so a recycled pid is never mistaken for
-//! it), the mode and the namespaces: /run/netbox/labs/NAME.json as root, else
-//! $XDG_RUNTIME_DIR/netbox/labs (or /tmp/netbox-UID/labs); NETBOX_LAB_DIR overrides. Later
-//! commands in private mode re-execute themselves inside the holder's namespaces
-//! ([`enter_command`]); `lab down` signals the holder and removes the file.
+//! The lab's record ([`crate::provision::records::LabRecord`], beside the ownership records of runs and named
+//! sandboxes, so `netbox ls` lists labs and `netbox gc` cleans up after a dead holder) names the
+//! holder (pid and start time, so a recycled pid is never mistaken for it), the mode and the
+//! namespaces. It is claimed atomically before the holder starts and replaced by rename, under
+//! the lab's own lock. Changes to the running lab go to the holder over its control socket
+//! ([`super::control`]); `exec` and `check` in private mode re-execute themselves inside the
+//! holder's namespaces ([`enter_command`]); `lab down` signals the holder and removes the record.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,29 +31,14 @@ use serde::{Deserialize, Serialize};
 
 use super::topology::{self, Plan, Topology};
 use super::{build, BuildOptions, Lab, LabError, Result};
+use crate::model::owner::Owner;
+use crate::provision::records::{LabLock, Phase};
+pub use crate::provision::records::{LabMode as Mode, LabRecord};
 
 /// Set in a command re-executed inside a lab's private host.
 pub const INSIDE_VAR: &str = "NETBOX_LAB_INSIDE";
 /// The caller's working directory, restored inside (entering a mount namespace resets it).
 pub const CWD_VAR: &str = "NETBOX_LAB_CWD";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Private,
-    Host,
-}
-
-/// What the state file records.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LabState {
-    pub name: String,
-    pub pid: i32,
-    pub start_time: u64,
-    pub mode: Mode,
-    pub file: PathBuf,
-    pub namespaces: Vec<String>,
-}
 
 /// The lab as `lab up` reports it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,22 +115,9 @@ impl Summary {
     }
 }
 
-/// Where state files live.
+/// Where lab records, logs and control sockets live.
 pub fn state_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("NETBOX_LAB_DIR") {
-        return PathBuf::from(dir);
-    }
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/run/netbox/labs");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => Path::new(&d).join("netbox/labs"),
-        None => PathBuf::from(format!("/tmp/netbox-{}/labs", nix::unistd::getuid())),
-    }
-}
-
-fn state_path(name: &str) -> PathBuf {
-    state_dir().join(format!("{name}.json"))
+    crate::provision::records::lab_dir()
 }
 
 /// The lab name of a file (validated).
@@ -153,38 +127,33 @@ pub fn lab_name(file: &Path) -> Result<(Topology, Plan)> {
     Ok((topo, plan))
 }
 
-/// The start time of a process (clock ticks since boot), None when it is gone.
-fn start_time(pid: i32) -> Option<u64> {
-    crate::model::owner::process_start_time(u32::try_from(pid).ok()?)
-}
-
-/// The state of a lab whose holder is alive; a stale file is removed.
-pub fn load_state(name: &str) -> Result<Option<LabState>> {
-    let path = state_path(name);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(LabError::Io {
-                what: format!("reading {}", path.display()),
-                source,
-            })
-        }
+/// The record of a lab whose holder is alive; a stale record is cleaned up (under the lab's
+/// lock) and None returned.
+pub fn load_state(name: &str) -> Result<Option<LabRecord>> {
+    let Some(record) = crate::provision::records::load_lab(name)? else {
+        return Ok(None);
     };
-    let state: LabState = serde_json::from_str(&text).map_err(|e| LabError::Parse {
-        file: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    if start_time(state.pid) == Some(state.start_time) {
-        return Ok(Some(state));
+    if !record.is_stale() {
+        return Ok(Some(record));
     }
-    // The holder died: a private lab went with it; a host lab's namespaces may be left.
-    cleanup_host_namespaces(&state);
-    let _ = std::fs::remove_file(&path);
-    Ok(None)
+    let lock = LabLock::take(name)?;
+    match crate::provision::records::load_lab(name)? {
+        Some(r) if r.is_stale() => {
+            remove_leftovers(&r);
+            lock.remove(name);
+            Ok(None)
+        }
+        other => Ok(other),
+    }
 }
 
-fn cleanup_host_namespaces(state: &LabState) {
+/// What a gone lab leaves: host namespaces (host mode), its record, socket and log.
+pub fn remove_leftovers(record: &LabRecord) {
+    cleanup_host_namespaces(record);
+    let _ = record.remove();
+}
+
+fn cleanup_host_namespaces(state: &LabRecord) {
     if state.mode == Mode::Host {
         for ns in &state.namespaces {
             let _ = crate::sys::netns::delete_named(ns);
@@ -199,36 +168,107 @@ pub fn up(
     mode: Mode,
     capture: Option<&Path>,
     progress: Option<&dyn Fn(usize, usize)>,
-) -> Result<(LabState, Summary)> {
+) -> Result<(LabRecord, Summary)> {
     let file = std::fs::canonicalize(file).map_err(|source| LabError::Io {
         what: format!("lab file {}", file.display()),
         source,
     })?;
     let (_, plan) = lab_name(&file)?;
-    if let Some(state) = load_state(&plan.name)? {
-        return Err(LabError::AlreadyUp {
-            name: plan.name,
-            pid: state.pid,
-        });
-    }
     let root = crate_is_root();
     if mode == Mode::Host && !root {
         return Err(LabError::Invalid(
             "--host needs root; without it a lab runs in a private host".into(),
         ));
     }
+    if let Some(state) = load_state(&plan.name)? {
+        return Err(already_up(&state));
+    }
+    let lock = LabLock::take(&plan.name)?;
+    let mut record = LabRecord {
+        name: plan.name.clone(),
+        phase: Phase::Creating,
+        holder: None,
+        writer: Owner::current_process().map_err(|e| LabError::Invalid(e.to_string()))?,
+        mode,
+        file: file.clone(),
+        namespaces: namespaces_of(&plan),
+        created: crate::provision::records::now(),
+    };
+    if !record.claim()? {
+        // Another `up` got there first (or a record that is not stale appeared).
+        return match crate::provision::records::load_lab(&plan.name)? {
+            Some(other) => Err(already_up(&other)),
+            None => Err(LabError::Invalid(format!(
+                "lab \"{}\": its record came and went; try again",
+                plan.name
+            ))),
+        };
+    }
+    match start_holder(exe, &file, &plan, mode, root, capture, progress) {
+        Ok((pid, summary)) => {
+            record.holder = Some(Owner::Process {
+                pid,
+                start_time: crate::model::owner::process_start_time(pid).unwrap_or(0),
+            });
+            record.phase = Phase::Ready;
+            if let Err(e) = record.save() {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM);
+                remove_leftovers(&record);
+                return Err(LabError::Invalid(e.to_string()));
+            }
+            Ok((record, summary))
+        }
+        Err(e) => {
+            remove_leftovers(&record);
+            lock.remove(&plan.name);
+            Err(e)
+        }
+    }
+}
+
+fn already_up(state: &LabRecord) -> LabError {
+    LabError::AlreadyUp {
+        name: state.name.clone(),
+        pid: match &state.holder {
+            Some(Owner::Process { pid, .. }) => *pid as i32,
+            _ => 0,
+        },
+    }
+}
+
+/// Spawns the holder with the control socket and waits for its report: its pid and summary.
+fn start_holder(
+    exe: &Path,
+    file: &Path,
+    plan: &Plan,
+    mode: Mode,
+    root: bool,
+    capture: Option<&Path>,
+    progress: Option<&dyn Fn(usize, usize)>,
+) -> Result<(u32, Summary)> {
     let dir = state_dir();
-    std::fs::create_dir_all(&dir).map_err(|source| LabError::Io {
-        what: format!("creating {}", dir.display()),
-        source,
-    })?;
     let log_path = dir.join(format!("{}.log", plan.name));
     let log = std::fs::File::create(&log_path).map_err(|source| LabError::Io {
         what: format!("creating {}", log_path.display()),
         source,
     })?;
+    let listener = super::control::bind(&super::control::socket_path(&plan.name))?;
+    // The holder inherits the listening socket (this process is single-threaded here, so no
+    // other fork sees it without close-on-exec).
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(|e| LabError::Io {
+        what: "handing the control socket to the holder".into(),
+        source: e.into(),
+    })?;
     let mut cmd = Command::new(exe);
-    cmd.args(["lab", "hold"]).arg(&file);
+    cmd.args(["lab", "hold"])
+        .arg(file)
+        .arg("--control-fd")
+        .arg(listener.as_raw_fd().to_string());
     if let Some(c) = capture {
         let c = std::fs::canonicalize(c).map_err(|source| LabError::Io {
             what: format!("capture directory {}", c.display()),
@@ -258,11 +298,13 @@ pub fn up(
             crate::process::new_session_on_exec(&mut cmd);
         }
     }
-    let mut child = cmd.spawn().map_err(|source| LabError::Io {
+    let spawned = cmd.spawn();
+    drop(listener);
+    let mut child = spawned.map_err(|source| LabError::Io {
         what: "starting the lab holder".into(),
         source,
     })?;
-    let pid = child.id() as i32;
+    let pid = child.id();
     let stdout = child
         .stdout
         .take()
@@ -285,31 +327,12 @@ pub fn up(
     }
     match report {
         Some(HolderReport::Ready { summary }) => {
-            let state = LabState {
-                name: plan.name.clone(),
-                pid,
-                start_time: start_time(pid).unwrap_or(0),
-                mode,
-                file: file.clone(),
-                namespaces: namespaces_of(&plan),
-            };
-            let path = state_path(&plan.name);
-            let text = serde_json::to_string_pretty(&state)
-                .map_err(|e| LabError::Invalid(e.to_string()))?;
-            if let Err(source) = std::fs::write(&path, text) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
-                return Err(LabError::Io {
-                    what: format!("writing {}", path.display()),
-                    source,
-                });
-            }
             // The holder lives on, detached; `lab test` reaps it in `down`.
             std::mem::forget(child);
-            Ok((state, summary))
+            Ok((pid, summary))
         }
         Some(HolderReport::Failed { error }) => {
             let _ = child.wait();
-            let _ = std::fs::remove_file(&log_path);
             Err(LabError::Invalid(error))
         }
         _ => {
@@ -363,7 +386,7 @@ fn report_progress(done: usize, total: usize) {
 
 /// The holder's main: builds the lab, reports, and keeps it until SIGTERM/SIGINT/SIGHUP.
 /// Returns the exit code.
-pub fn hold(file: &Path, capture: Option<PathBuf>) -> i32 {
+pub fn hold(file: &Path, capture: Option<PathBuf>, control_fd: Option<i32>) -> i32 {
     // Block the stop signals before any thread starts, so every thread inherits the mask and
     // the main thread collects them with sigwait.
     let mut set = SigSet::empty();
@@ -397,46 +420,83 @@ pub fn hold(file: &Path, capture: Option<PathBuf>) -> i32 {
     if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&null);
     }
-    let _ = set.wait();
+    let listener = control_fd.map(|fd| {
+        // SAFETY: `lab up` passed this descriptor, a listening Unix socket, to us alone.
+        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let _ = nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+        std::os::unix::net::UnixListener::from(owned)
+    });
+    std::thread::scope(|s| {
+        let served = listener
+            .as_ref()
+            .map(|l| s.spawn(|| super::control::serve(&lab, l)));
+        let _ = set.wait();
+        if let Some(l) = &listener {
+            // Wakes the control thread out of accept.
+            // SAFETY: shutdown on a socket this process owns; it stays open until the scope ends.
+            unsafe { libc::shutdown(l.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        if let Some(t) = served {
+            let _ = t.join();
+        }
+    });
     drop(lab);
     0
 }
 
-/// Stops a lab: signals its holder, waits for it to go, removes leftovers and the state file.
+/// Stops a lab: signals its holder, waits for it to go, removes leftovers and the record.
 /// Returns false when the lab was not up.
 pub fn down(name: &str) -> Result<bool> {
     let Some(state) = load_state(name)? else {
         return Ok(false);
     };
-    let pid = nix::unistd::Pid::from_raw(state.pid);
-    let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+    let lock = LabLock::take(name)?;
+    if let Some(Owner::Process { pid, start_time }) = state.holder {
+        stop_holder(pid, start_time);
+    }
+    remove_leftovers(&state);
+    lock.remove(name);
+    Ok(true)
+}
+
+/// SIGTERM, then SIGKILL after 5 s; returns once the process is gone.
+fn stop_holder(pid: u32, start: u64) {
+    let pid_t = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(pid_t, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         // The holder is our child after `lab test`: reap it, or it lingers as a zombie.
-        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        if start_time(state.pid) != Some(state.start_time) {
+        let _ = nix::sys::wait::waitpid(pid_t, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        if crate::model::owner::process_start_time(pid) != Some(start) {
             break;
         }
         if Instant::now() > deadline {
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(pid_t, Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    cleanup_host_namespaces(&state);
-    let _ = std::fs::remove_file(state_path(name));
-    let _ = std::fs::remove_file(state_dir().join(format!("{name}.log")));
-    Ok(true)
 }
 
 /// For a private lab: a command re-executing this program, with `args`, inside the holder's
 /// namespaces (user first when it is another one, then mount and network).
-pub fn enter_command(state: &LabState, args: &[std::ffi::OsString]) -> Result<Command> {
+pub fn enter_command(state: &LabRecord, args: &[std::ffi::OsString]) -> Result<Command> {
+    let pid = match &state.holder {
+        Some(Owner::Process { pid, .. }) => *pid,
+        _ => {
+            return Err(LabError::NotUp {
+                name: state.name.clone(),
+            })
+        }
+    };
     let exe = std::env::current_exe().map_err(|source| LabError::Io {
         what: "finding the netbox binary".into(),
         source,
     })?;
     let open = |kind: &str| -> Result<OwnedFd> {
-        let path = format!("/proc/{}/ns/{kind}", state.pid);
+        let path = format!("/proc/{pid}/ns/{kind}");
         std::fs::File::open(&path)
             .map(OwnedFd::from)
             .map_err(|source| match source.kind() {
@@ -456,7 +516,7 @@ pub fn enter_command(state: &LabState, args: &[std::ffi::OsString]) -> Result<Co
             .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
             .ok()
     };
-    if ino(&format!("/proc/{}/ns/user", state.pid)) != ino("/proc/self/ns/user") {
+    if ino(&format!("/proc/{pid}/ns/user")) != ino("/proc/self/ns/user") {
         fds.push((open("user")?, CloneFlags::CLONE_NEWUSER));
     }
     fds.push((open("mnt")?, CloneFlags::CLONE_NEWNS));

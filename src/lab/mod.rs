@@ -9,24 +9,30 @@
 
 pub mod build;
 pub mod check;
+pub mod control;
 pub mod graph;
 pub mod holder;
 pub mod hosts;
+pub mod runtime;
 pub mod services;
+pub mod timeline;
 pub mod topology;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use thiserror::Error;
 
 use crate::sys::netns::{self, NetNs};
 pub use check::CheckResult;
-pub use topology::{Plan, Topology};
+pub use runtime::LinkStatus;
+pub use timeline::StepReport;
+pub use topology::{Action, ImpairChange, Plan, Topology};
 
 #[derive(Debug, Error)]
 pub enum LabError {
@@ -93,7 +99,10 @@ pub struct Lab {
     plan: Plan,
     nodes: BTreeMap<String, NetNs>,
     fabric: Option<NetNs>,
-    services: services::Services,
+    services: Mutex<services::Services>,
+    runtime: Mutex<runtime::Runtime>,
+    /// When the lab was up: the timeline's `at` counts from here.
+    up_at: Instant,
     /// Namespaces this lab created (and only those are removed: never another's).
     owned: Vec<String>,
     /// Bound over /etc/hosts for every command started in a node.
@@ -220,9 +229,130 @@ impl Lab {
     }
 }
 
+/// A lock that survives a panic of its last holder (the data is plain state).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Changes while the lab runs (see [`runtime`]). Call them from one long-lived thread: start
+/// commands die with the thread that started them (PR_SET_PDEATHSIG).
+impl Lab {
+    /// Makes a change; a refused change changes nothing.
+    pub fn apply(&self, action: &Action) -> Result<()> {
+        match action {
+            Action::Stop(n) => {
+                self.node(n)?;
+                lock(&self.services).stop_node(n);
+                return Ok(());
+            }
+            Action::Start(n) => {
+                self.node(n)?;
+                return lock(&self.services).start_node(self, n);
+            }
+            _ => {}
+        }
+        let mut rt = lock(&self.runtime);
+        rt.change(&self.plan, action)?;
+        rt.sync(&self.plan, &|key| self.namespace(key))?;
+        drop(rt);
+        if matches!(action, Action::Reset) {
+            let mut services = lock(&self.services);
+            for n in &self.plan.nodes {
+                services.start_node(self, &n.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The link between two ends ("NODE", "NODE:IFNAME" or a switch, in either order).
+    pub fn link(&self, a: &str, b: &str) -> Result<usize> {
+        self.plan.find_link(a, b)
+    }
+
+    /// Takes a link down: it carries nothing until [`Lab::link_up`] (or a reset).
+    pub fn link_down(&self, a: &str, b: &str) -> Result<()> {
+        self.apply(&Action::LinkDown(self.link(a, b)?))
+    }
+
+    pub fn link_up(&self, a: &str, b: &str) -> Result<()> {
+        self.apply(&Action::LinkUp(self.link(a, b)?))
+    }
+
+    /// Changes a link's rate, loss, delay, jitter or reordering (see [`ImpairChange`]).
+    pub fn impair(&self, a: &str, b: &str, change: ImpairChange) -> Result<()> {
+        self.apply(&Action::Impair(self.link(a, b)?, change))
+    }
+
+    /// Cuts every link of a node (and of switches living in it).
+    pub fn isolate(&self, node: &str) -> Result<()> {
+        self.apply(&Action::Isolate(node.into()))
+    }
+
+    pub fn restore(&self, node: &str) -> Result<()> {
+        self.apply(&Action::Restore(node.into()))
+    }
+
+    /// Splits the lab into groups that cannot reach each other (nodes not named: one more
+    /// group).
+    pub fn partition(&self, groups: &[&[&str]]) -> Result<()> {
+        self.apply(&Action::Partition(
+            groups
+                .iter()
+                .map(|g| g.iter().map(|n| n.to_string()).collect())
+                .collect(),
+        ))
+    }
+
+    pub fn heal(&self) -> Result<()> {
+        self.apply(&Action::Heal)
+    }
+
+    /// Stops a node's start commands.
+    pub fn stop_node(&self, node: &str) -> Result<()> {
+        self.apply(&Action::Stop(node.into()))
+    }
+
+    /// Starts a node's start commands again.
+    pub fn start_node(&self, node: &str) -> Result<()> {
+        self.apply(&Action::Start(node.into()))
+    }
+
+    /// Back to the file's state: every link up with its own properties, no partition, every
+    /// start command running.
+    pub fn reset(&self) -> Result<()> {
+        self.apply(&Action::Reset)
+    }
+
+    /// The state of every link.
+    pub fn links(&self) -> Vec<LinkStatus> {
+        lock(&self.runtime).status(&self.plan)
+    }
+
+    /// Plays the file's timeline (see [`timeline`]), calling `on_step` after each step.
+    pub fn play(&self, on_step: &mut dyn FnMut(&StepReport)) -> Vec<StepReport> {
+        timeline::play(self, &self.plan.steps, on_step)
+    }
+
+    /// When the lab came up.
+    pub fn up_at(&self) -> Instant {
+        self.up_at
+    }
+
+    /// A namespace by runtime key: "" is the fabric, else a node.
+    fn namespace(&self, key: &str) -> Result<&NetNs> {
+        if key.is_empty() {
+            return self
+                .fabric
+                .as_ref()
+                .ok_or_else(|| LabError::Invalid("lab without fabric".into()));
+        }
+        self.node(key)
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        self.services.stop();
+        lock(&self.services).stop();
         // Teardown goes on past failures: every namespace gets its chance.
         for name in &self.owned {
             if let Err(e) = netns::delete_named(name) {

@@ -22,7 +22,8 @@ pub struct Services {
     /// Sockets to shut down so their threads wake up (raw numbers stay valid: each thread
     /// owns its socket until it exits, after the shutdown).
     wake: Vec<i32>,
-    children: Vec<Child>,
+    /// Start commands, by node.
+    children: Vec<(String, Child)>,
 }
 
 impl Services {
@@ -30,26 +31,7 @@ impl Services {
         let mut s = Services::default();
         // Commands first: fewer threads to copy into the fork.
         for node in &lab.plan.nodes {
-            for cmd in &node.start {
-                let mut c = lab.command(&node.name, "sh")?;
-                c.args(["-c", cmd]).stdin(Stdio::null());
-                std::os::unix::process::CommandExt::process_group(&mut c, 0);
-                // A crashed holder takes its commands along: nothing outlives the lab.
-                // SAFETY: prctl is async-signal-safe.
-                unsafe {
-                    std::os::unix::process::CommandExt::pre_exec(&mut c, || {
-                        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        Ok(())
-                    });
-                }
-                let child = c.spawn().map_err(|source| LabError::Io {
-                    what: format!("starting {cmd:?} in node \"{}\"", node.name),
-                    source,
-                })?;
-                s.children.push(child);
-            }
+            s.start_node(lab, &node.name)?;
         }
         // Each listener binds and serves on its own thread inside its node: binding in
         // parallel, without a separate namespace switch per socket. Each reports its socket
@@ -206,6 +188,46 @@ fn echo_responder(
 }
 
 impl Services {
+    /// Starts the start commands of `node` (unless they run already).
+    pub fn start_node(&mut self, lab: &Lab, node: &str) -> Result<()> {
+        if self.children.iter().any(|(n, _)| n == node) {
+            return Ok(());
+        }
+        let Some(plan) = lab.plan.node(node) else {
+            return Ok(());
+        };
+        for cmd in &plan.start {
+            let mut c = lab.command(node, "sh")?;
+            c.args(["-c", cmd]).stdin(Stdio::null());
+            std::os::unix::process::CommandExt::process_group(&mut c, 0);
+            // A crashed holder takes its commands along: nothing outlives the lab.
+            // SAFETY: prctl is async-signal-safe.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = c.spawn().map_err(|source| LabError::Io {
+                what: format!("starting {cmd:?} in node \"{node}\""),
+                source,
+            })?;
+            self.children.push((node.to_string(), child));
+        }
+        Ok(())
+    }
+
+    /// Stops the start commands of `node` (their whole process groups).
+    pub fn stop_node(&mut self, node: &str) {
+        let (stop, keep): (Vec<_>, Vec<_>) = self.children.drain(..).partition(|(n, _)| n == node);
+        self.children = keep;
+        for (_, child) in stop {
+            kill_group(child);
+        }
+    }
+
     /// Stops everything; safe to call twice.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -213,10 +235,8 @@ impl Services {
             // SAFETY: shutdown on a socket its thread still owns; it only wakes the thread.
             unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
-        for mut child in self.children.drain(..) {
-            // SAFETY: a signal to the process group the child leads.
-            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-            let _ = child.wait();
+        for (_, child) in self.children.drain(..) {
+            kill_group(child);
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -225,6 +245,12 @@ impl Services {
             let _ = t.join();
         }
     }
+}
+
+fn kill_group(mut child: Child) {
+    // SAFETY: a signal to the process group the child leads.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
 }
 
 impl Drop for Services {

@@ -12,6 +12,10 @@
 //!   atomically (link(2) of a complete file: present whole or absent) before the namespace is
 //!   created, updated by rename.
 //! - `cni/<container>+<ifname>.json`: a netbox-cni attachment with the namespace it was made in.
+//! - `labs/<name>.json`: a lab's holder ([`LabRecord`]: `netbox lab up`), claimed the same way
+//!   under the lab's own lock (`labs/<name>.lock`), with its control socket `labs/<name>.sock`.
+//!   As root they live here; a user's labs live in $XDG_RUNTIME_DIR/netbox/labs (or
+//!   /tmp/netbox-UID/labs); NETBOX_LAB_DIR overrides both.
 //!
 //! The host veth of each attachment carries its owner in its alias: `netbox:<network>:<key>`
 //! (run and named sandboxes, `key` being [`Owner::key`]) or `netbox-cni:<network>:<container>:
@@ -310,11 +314,226 @@ pub fn unreadable() -> Vec<(Kind, PathBuf)> {
     out
 }
 
+/// Where lab records live (see the module comment).
+pub fn lab_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NETBOX_LAB_DIR") {
+        return PathBuf::from(dir);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return run_dir().join("labs");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => Path::new(&d).join("netbox/labs"),
+        None => PathBuf::from(format!("/tmp/netbox-{}/labs", nix::unistd::getuid())),
+    }
+}
+
+/// The lab directory, created if needed, opened without following a link.
+fn open_lab_dir() -> Result<Dir> {
+    let dir = lab_dir();
+    fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    Dir::open(&dir).map_err(io_err(format!("opening {}", dir.display())))
+}
+
+/// Where a lab lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabMode {
+    /// In the holder's private host: everything goes with the holder.
+    Private,
+    /// Named namespaces on the real host: removed by the holder, `lab down` or `gc`.
+    Host,
+}
+
+/// A lab that is up (or coming up): its holder and what it made on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabRecord {
+    pub name: String,
+    pub phase: Phase,
+    /// The holder process, once it reported the lab up.
+    pub holder: Option<Owner>,
+    /// The process that wrote the record last (`lab up`).
+    pub writer: Owner,
+    pub mode: LabMode,
+    /// The lab file.
+    pub file: PathBuf,
+    /// Named namespaces of the lab (on the host only in host mode).
+    pub namespaces: Vec<String>,
+    pub created: u64,
+}
+
+impl LabRecord {
+    pub fn path(&self) -> PathBuf {
+        lab_path(&self.name)
+    }
+
+    fn file_name(&self) -> String {
+        format!("{}.json", self.name)
+    }
+
+    /// Writes the record whole under a temporary name beside it.
+    fn write_tmp(&self) -> Result<(Dir, String)> {
+        let dir = open_lab_dir()?;
+        let tmp = format!(".tmp.{}.{}", std::process::id(), self.file_name());
+        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
+        let _ = dir.unlink(&tmp);
+        dir.write_new(&tmp, &text, 0o644)
+            .map_err(io_err(format!("writing {}", dir.join(&tmp).display())))?;
+        Ok((dir, tmp))
+    }
+
+    /// Creates the record; `Ok(false)` when the lab has one already.
+    pub fn claim(&self) -> Result<bool> {
+        let (dir, tmp) = self.write_tmp()?;
+        let linked = dir.link(&tmp, &dir, &self.file_name());
+        let _ = dir.unlink(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err(format!("creating {}", self.path().display()))(e)),
+        }
+    }
+
+    /// Replaces the record (written whole, then renamed over the old one).
+    pub fn save(&self) -> Result<()> {
+        let (dir, tmp) = self.write_tmp()?;
+        dir.rename(&tmp, &dir, &self.file_name()).map_err(|e| {
+            let _ = dir.unlink(&tmp);
+            io_err(format!("writing {}", self.path().display()))(e)
+        })
+    }
+
+    /// Removes the record, then its control socket and log. Idempotent.
+    pub fn remove(&self) -> Result<()> {
+        let dir = match Dir::open(&lab_dir()) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(format!("opening {}", lab_dir().display()))(e)),
+        };
+        let _ = dir.unlink(&format!("{}.sock", self.name));
+        let _ = dir.unlink(&format!("{}.log", self.name));
+        dir.unlink(&self.file_name())
+            .map_err(io_err(format!("removing {}", self.path().display())))
+    }
+
+    /// Gone: its holder died, or the `up` that was making it did.
+    pub fn is_stale(&self) -> bool {
+        match (&self.holder, self.phase) {
+            (Some(h), Phase::Ready) => !h.is_alive(),
+            _ => !self.writer.is_alive(),
+        }
+    }
+}
+
+/// The record file of lab `name`.
+pub fn lab_path(name: &str) -> PathBuf {
+    lab_dir().join(format!("{name}.json"))
+}
+
+/// The record of lab `name`, if any.
+pub fn load_lab(name: &str) -> Result<Option<LabRecord>> {
+    let path = lab_path(name);
+    let read = Dir::open(&lab_dir()).and_then(|d| d.read(&format!("{name}.json")));
+    match read {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Config(format!("record {} is not netbox's: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// Every lab record (files that do not parse are skipped with a warning).
+pub fn list_labs() -> Result<Vec<LabRecord>> {
+    let dir = lab_dir();
+    let entries = match Dir::open(&dir).and_then(|d| d.entries()) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(io_err(format!("listing {}", dir.display()))(e)),
+    };
+    let mut names: Vec<String> = entries
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+        .collect();
+    names.sort();
+    let mut out = vec![];
+    for name in names {
+        match load_lab(&name) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%e, "skipping a lab record"),
+        }
+    }
+    Ok(out)
+}
+
+/// A lab's own lock (`labs/<name>.lock`), held while its record changes: `up`, `down`, gc.
+#[derive(Debug)]
+pub struct LabLock(#[allow(dead_code)] File);
+
+impl LabLock {
+    pub fn take(name: &str) -> Result<LabLock> {
+        loop {
+            let (file, path) = LabLock::open(name)?;
+            file.lock()
+                .map_err(io_err(format!("locking {}", path.display())))?;
+            if LabLock::current(&file, &path) {
+                return Ok(LabLock(file));
+            }
+        }
+    }
+
+    fn open(name: &str) -> Result<(File, PathBuf)> {
+        let dir = open_lab_dir()?;
+        let file_name = format!("{name}.lock");
+        let file = dir
+            .open_file(
+                &file_name,
+                nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY,
+                0o644,
+            )
+            .map_err(io_err(format!("opening {}", dir.join(&file_name).display())))?;
+        Ok((file, dir.join(&file_name)))
+    }
+
+    /// Whether the locked file is still the one at `path`: the lab's last holder of the lock
+    /// removes the file ([`LabLock::remove`]), and a waiter that locked the removed one must
+    /// start over.
+    fn current(file: &File, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::symlink_metadata(path)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            _ => false,
+        }
+    }
+
+    /// Removes the lock file (the lab is gone), still holding the lock.
+    pub fn remove(&self, name: &str) {
+        if let Ok(dir) = Dir::open(&lab_dir()) {
+            let _ = dir.unlink(&format!("{name}.lock"));
+        }
+    }
+
+    /// The lock if nobody holds it (gc passes over a lab at work).
+    pub fn try_take(name: &str) -> Result<Option<LabLock>> {
+        let (file, path) = LabLock::open(name)?;
+        match file.try_lock() {
+            Ok(()) if LabLock::current(&file, &path) => Ok(Some(LabLock(file))),
+            Ok(()) => Ok(None),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(io_err(format!("locking {}", path.display()))(e))
+            }
+        }
+    }
+}
+
 /// Temporary files of writers that died (`.tmp.<pid>.*` of a pid that is gone).
 pub fn dead_tmp_files() -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for kind in [Kind::Ns, Kind::Cni] {
-        let Ok(entries) = fs::read_dir(kind_dir(kind)) else {
+    for dir in [kind_dir(Kind::Ns), kind_dir(Kind::Cni), lab_dir()] {
+        let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
         for entry in entries.flatten() {

@@ -5,6 +5,8 @@
 //! - a `netbox run` process (pid + start time): when that process no longer exists;
 //! - a named sandbox (`netbox ns add NAME`): when its record is gone, was left half-made by a
 //!   process that died, or its namespace is no longer the one it made (`ip netns del NAME`);
+//! - a lab holder (`netbox lab up`, pid + start time): when it is gone (in host mode its
+//!   namespaces are removed, listed in the lab's record);
 //! - a CNI attachment (container id + ifname): when its record was left half-made by an ADD that
 //!   died, or the namespace it was attached in is gone; without a record (made before records
 //!   existed), when its host veth is gone. A live attachment is never removed: the runtime DELs
@@ -173,6 +175,7 @@ pub fn gc_with_progress(dry_run: bool, progress: &dyn Fn(usize, usize)) -> Resul
         sweep.leases(&store);
     }
     sweep.firewall();
+    sweep.labs();
     // Records last: each stays until what it stands for is gone, so an interrupted gc resumes.
     sweep.records(&stale);
     Ok(sweep.report)
@@ -227,6 +230,57 @@ impl<'a> Sweep<'a> {
                 .map_err(Error::from)
         });
         self.note("veth", link.name.clone(), Some(owner), r);
+    }
+
+    /// Labs whose holder died: in host mode the namespaces it made, then the record. A lab
+    /// whose lock is held (being brought up or down) is left alone.
+    fn labs(&mut self) {
+        let labs = match records::list_labs() {
+            Ok(l) => l,
+            Err(e) => {
+                self.report.errors.push(format!("lab records: {e}"));
+                return;
+            }
+        };
+        for lab in labs.into_iter().filter(|l| l.is_stale()) {
+            let lock = match records::LabLock::try_take(&lab.name) {
+                Ok(Some(l)) => l,
+                Ok(None) => continue,
+                Err(e) => {
+                    self.report.errors.push(format!("lab {}: {e}", lab.name));
+                    continue;
+                }
+            };
+            let owner = format!("lab {}", lab.name);
+            let mut failed = false;
+            if lab.mode == records::LabMode::Host {
+                for ns in lab.namespaces.iter().filter(|n| netns::named_path(n).exists()) {
+                    let r = self.unless_dry(|| netns::delete_named(ns).map_err(Error::from));
+                    failed |= r.is_err();
+                    self.note_for("netns", ns.clone(), &owner, r);
+                }
+            }
+            if failed {
+                continue;
+            }
+            let r = self.unless_dry(|| lab.remove());
+            if r.is_ok() && !self.dry_run {
+                lock.remove(&lab.name);
+            }
+            self.note_for("record", lab.path().display().to_string(), &owner, r);
+        }
+    }
+
+    /// [`Sweep::note`] for an owner that is not an [`Owner`] (a lab).
+    fn note_for(&mut self, kind: &'static str, name: String, owner: &str, r: Result<()>) {
+        match r {
+            Ok(()) => self.report.removed.push(Resource {
+                kind,
+                name,
+                owner: Some(owner.to_string()),
+            }),
+            Err(e) => self.report.errors.push(format!("{kind} {name}: {e}")),
+        }
     }
 
     /// Host veths whose alias names a gone owner.
@@ -411,7 +465,7 @@ impl<'a> Sweep<'a> {
 pub struct Entry {
     /// The sandbox's name (None for an unnamed run or a CNI attachment).
     pub name: Option<String>,
-    /// ns, run or cni
+    /// ns, run, cni or lab
     pub kind: &'static str,
     pub network: String,
     pub addresses: Vec<String>,
@@ -453,6 +507,31 @@ pub struct RuleEntry {
     pub owner: String,
 }
 
+/// A lab in `netbox ls`.
+fn lab_entry(lab: &records::LabRecord, now: u64) -> Entry {
+    Entry {
+        name: Some(lab.name.clone()),
+        kind: "lab",
+        network: match lab.mode {
+            records::LabMode::Private => "(private)".into(),
+            records::LabMode::Host => "(host)".into(),
+        },
+        addresses: vec![],
+        host_veth: None,
+        owner: format!("lab {}", lab.name),
+        pid: match (&lab.holder, &lab.writer) {
+            (Some(Owner::Process { pid, .. }), _) | (_, Owner::Process { pid, .. }) => Some(*pid),
+            _ => None,
+        },
+        age_secs: Some(now.saturating_sub(lab.created)),
+        state: match (lab.is_stale(), lab.phase) {
+            (true, _) => "stale",
+            (false, Phase::Ready) => "live",
+            (false, _) => "creating",
+        },
+    }
+}
+
 /// Every sandbox netbox owns, and leases whose owner is gone.
 pub fn ls() -> Result<Listing> {
     let view = View::read(false)?;
@@ -491,6 +570,9 @@ pub fn ls() -> Result<Listing> {
                 (false, Phase::Ready) => "live",
             },
         });
+    }
+    for lab in records::list_labs()? {
+        out.sandboxes.push(lab_entry(&lab, now));
     }
     let stores = view.stores();
     let mut leases: Vec<(String, Lease)> = Vec::new();

@@ -493,7 +493,8 @@ fn vxlan_remote(
     }
 }
 
-fn resolve_check(plan: &Plan, c: &CheckSpec) -> Result<CheckPlan> {
+/// A check bound to the plan's nodes and addresses.
+pub fn resolve_check(plan: &Plan, c: &CheckSpec) -> Result<CheckPlan> {
     let ctx = match &c.to {
         Some(to) => format!("check {} -> {to}", c.from),
         None => format!("check in {}", c.from),
@@ -640,7 +641,7 @@ fn resolve_steps(plan: &Plan, steps: &[StepSpec]) -> Result<Vec<StepPlan>> {
 }
 
 /// The change a step makes (at most one).
-fn step_action(plan: &Plan, ctx: &str, s: &StepSpec) -> Result<Option<Action>> {
+pub fn step_action(plan: &Plan, ctx: &str, s: &StepSpec) -> Result<Option<Action>> {
     let mut actions = vec![];
     let link = |ends: &Vec<String>| -> Result<usize> {
         match ends.as_slice() {

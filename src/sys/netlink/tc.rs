@@ -15,7 +15,9 @@ const TCA_OPTIONS: u16 = 2;
 const TCA_TBF_PARMS: u16 = 1;
 const TCA_TBF_RATE64: u16 = 4;
 const TCA_TBF_BURST: u16 = 6;
+const TCA_NETEM_REORDER: u16 = 3;
 const TCA_NETEM_LATENCY64: u16 = 10;
+const TCA_NETEM_JITTER64: u16 = 11;
 const TC_LINKLAYER_ETHERNET: u8 = 1;
 /// NLA_F_NESTED is not needed by the kernel for TCA_OPTIONS; plain attributes it is.
 const NLA_HDRLEN: usize = 4;
@@ -42,11 +44,14 @@ impl TbfSpec {
     }
 }
 
-/// netem's delay and loss.
+/// netem's delay, jitter, reordering and loss.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct NetemSpec {
     pub delay_ns: u64,
     pub loss_percent: f64,
+    pub jitter_ns: u64,
+    /// Sent at once (out of order) instead of delayed.
+    pub reorder_percent: f64,
 }
 
 fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
@@ -86,10 +91,27 @@ pub(super) fn tbf_options(spec: &TbfSpec) -> Vec<u8> {
 /// TCA_OPTIONS of netem: struct tc_netem_qopt { u32 latency, limit, loss, gap, duplicate,
 /// jitter } followed by attributes (the 64-bit latency in ns).
 pub(super) fn netem_options(spec: &NetemSpec) -> Vec<u8> {
-    let loss = (spec.loss_percent.clamp(0.0, 100.0) / 100.0 * f64::from(u32::MAX)) as u32;
-    let mut out = Vec::with_capacity(40);
-    for v in [0u32, 1000, loss, 0, 0, 0] {
+    let probability = |p: f64| (p.clamp(0.0, 100.0) / 100.0 * f64::from(u32::MAX)) as u32;
+    let loss = probability(spec.loss_percent);
+    // tc's rule: reordering without a gap reorders with gap 1.
+    let gap = u32::from(spec.reorder_percent > 0.0);
+    let mut out = Vec::with_capacity(64);
+    for v in [0u32, 1000, loss, gap, 0, 0] {
         out.extend_from_slice(&v.to_ne_bytes());
+    }
+    if spec.reorder_percent > 0.0 {
+        // struct tc_netem_reorder { u32 probability, correlation }
+        let mut reorder = probability(spec.reorder_percent).to_ne_bytes().to_vec();
+        reorder.extend_from_slice(&0u32.to_ne_bytes());
+        out.extend(nla(TCA_NETEM_REORDER, &reorder));
+    }
+    if spec.jitter_ns > 0 {
+        out.extend(nla(
+            TCA_NETEM_JITTER64,
+            &i64::try_from(spec.jitter_ns)
+                .unwrap_or(i64::MAX)
+                .to_ne_bytes(),
+        ));
     }
     out.extend(nla(
         TCA_NETEM_LATENCY64,
@@ -117,6 +139,33 @@ impl super::Netlink {
             "sch_netem: delay and loss emulation are unavailable on this kernel",
         )
         .await
+    }
+
+    /// Removes the root qdisc of `link` (back to the default); nothing to remove is fine.
+    pub async fn delete_root_qdisc(&self, link: &Link) -> Result<()> {
+        let mut msg = TcMessage::with_index(link.index as i32);
+        msg.header.parent = TcHandle::ROOT;
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelQueueDiscipline(msg));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let what = format!("removing the root qdisc of \"{}\"", link.name);
+        let mut handle = self.handle.clone();
+        let mut response = handle
+            .request(req)
+            .map_err(|e| super::request_error(what.clone(), e))?;
+        while let Some(message) = response.next().await {
+            if let NetlinkPayload::Error(err) = message.payload {
+                let code = err.raw_code().abs();
+                // No qdisc of ours there (the default one cannot be deleted).
+                if code == libc::ENOENT || code == libc::EINVAL {
+                    continue;
+                }
+                return Err(super::request_error(
+                    what,
+                    rtnetlink::Error::NetlinkError(err),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn add_root_qdisc(

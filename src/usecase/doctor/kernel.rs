@@ -172,7 +172,7 @@ pub fn probe_in_fresh_namespace() -> crate::Result<BTreeMap<String, Probe>> {
         };
         let netem = crate::sys::netlink::NetemSpec {
             delay_ns: 1_000_000,
-            loss_percent: 0.0,
+            ..Default::default()
         };
         match &bridge {
             Ok(br) => out.insert("netem".into(), outcome(nl.add_netem(br, &netem).await)),
