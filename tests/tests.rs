@@ -10,6 +10,7 @@ mod firewall;
 mod fits;
 mod ipam;
 mod lab;
+mod lab_runtime;
 mod lifecycle;
 mod netlink;
 mod run;

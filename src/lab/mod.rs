@@ -252,8 +252,16 @@ impl Lab {
             _ => {}
         }
         let mut rt = lock(&self.runtime);
+        let before = rt.intent();
         rt.change(&self.plan, action)?;
-        rt.sync(&self.plan, &|key| self.namespace(key))?;
+        if let Err(e) = rt.sync(&self.plan, &|key| self.namespace(key)) {
+            // The kernel refused: back to what was, as far as it goes.
+            rt.set_intent(before);
+            if let Err(again) = rt.sync(&self.plan, &|key| self.namespace(key)) {
+                tracing::warn!(%again, "restoring the lab after a refused change");
+            }
+            return Err(e);
+        }
         drop(rt);
         if matches!(action, Action::Reset) {
             let mut services = lock(&self.services);

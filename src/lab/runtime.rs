@@ -126,9 +126,19 @@ pub struct Runtime {
     down: BTreeSet<usize>,
     isolated: BTreeSet<String>,
     partition: Option<Vec<Vec<String>>>,
-    applied: Vec<Applied>,
+    /// What the kernel has per link; None after a failure left it unknown (made again).
+    applied: Vec<Option<Applied>>,
     /// Switches holding partition rules now.
     partitioned: BTreeSet<String>,
+}
+
+/// What the lab should look like (saved around a change).
+#[derive(Debug, Clone)]
+pub struct Intent {
+    props: Vec<Props>,
+    down: BTreeSet<usize>,
+    isolated: BTreeSet<String>,
+    partition: Option<Vec<Vec<String>>>,
 }
 
 /// Where a link end lives: (namespace key, interface). The key is "" for the fabric, else
@@ -147,16 +157,35 @@ impl Runtime {
             applied: plan
                 .links
                 .iter()
-                .map(|l| Applied {
-                    carries: true,
-                    props: Props {
-                        rate_bytes: l.rate_bytes,
-                        ..Props::default()
-                    },
+                .map(|l| {
+                    Some(Applied {
+                        carries: true,
+                        props: Props {
+                            rate_bytes: l.rate_bytes,
+                            ..Props::default()
+                        },
+                    })
                 })
                 .collect(),
             partitioned: BTreeSet::new(),
         }
+    }
+
+    /// The intent, to go back to when a change fails in the kernel.
+    pub fn intent(&self) -> Intent {
+        Intent {
+            props: self.props.clone(),
+            down: self.down.clone(),
+            isolated: self.isolated.clone(),
+            partition: self.partition.clone(),
+        }
+    }
+
+    pub fn set_intent(&mut self, intent: Intent) {
+        self.props = intent.props;
+        self.down = intent.down;
+        self.isolated = intent.isolated;
+        self.partition = intent.partition;
     }
 
     /// Records a change (checked first: a refused change changes nothing).
@@ -299,7 +328,7 @@ impl Runtime {
                 carries: self.cut(plan, i, groups.as_ref()).is_none(),
                 props: self.props[i].clone(),
             };
-            if want != self.applied[i] {
+            if Some(&want) != self.applied[i].as_ref() {
                 work.push((i, want));
             }
         }
@@ -318,16 +347,25 @@ impl Runtime {
         let _entered = rt.enter();
         // Netlink first (links and qdiscs), one connection per namespace touched.
         for (i, want) in &work {
-            let have = self.applied[*i].clone();
+            let have = self.applied[*i].take();
             for end in ends(plan, &plan.links[*i]) {
                 let conn = conns.get(&end.0, ns)?;
-                rt.block_on(apply_link_end(&conn, &end.1, &have, want))?;
+                rt.block_on(apply_link_end(&conn, &end.1, have.as_ref(), want))?;
             }
+            // Loss is still as it was (nftables comes next).
+            self.applied[*i] = Some(Applied {
+                carries: want.carries,
+                props: Props {
+                    loss_percent: have.and_then(|h| h.props.loss_percent),
+                    ..want.props.clone()
+                },
+            });
         }
         // Then nftables: loss per end, partitions per switch, one transaction per namespace.
         let mut nft: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for (i, want) in &work {
-            if want.props.loss_percent == self.applied[*i].props.loss_percent {
+            let have = self.applied[*i].as_ref().and_then(|a| a.props.loss_percent);
+            if want.props.loss_percent == have {
                 continue;
             }
             for end in ends(plan, &plan.links[*i]) {
@@ -351,13 +389,20 @@ impl Runtime {
                 .extend(partition_commands(None));
         }
         for (key, commands) in nft {
-            let target = ns(&key)?;
-            target
-                .run_in(move || crate::firewall::nft::apply(commands))?
-                .map_err(|e| LabError::Invalid(format!("nftables in the lab: {e}")))?;
+            let done = ns(&key).and_then(|target| {
+                target
+                    .run_in(move || crate::firewall::nft::apply(commands))?
+                    .map_err(|e| LabError::Invalid(format!("nftables in the lab: {e}")))
+            });
+            if let Err(e) = done {
+                for (i, _) in &work {
+                    self.applied[*i] = None;
+                }
+                return Err(e);
+            }
         }
         for (i, want) in work {
-            self.applied[i] = want;
+            self.applied[i] = Some(want);
         }
         self.partitioned = switches;
         Ok(())
@@ -402,7 +447,7 @@ fn ends(plan: &Plan, link: &LinkPlan) -> Vec<End> {
 async fn apply_link_end(
     conn: &Netlink,
     ifname: &str,
-    have: &Applied,
+    have: Option<&Applied>,
     want: &Applied,
 ) -> Result<()> {
     let link: Link = conn.link_by_name(ifname).await?.ok_or_else(|| {
@@ -411,7 +456,7 @@ async fn apply_link_end(
         })
     })?;
     let shaping = |p: &Props| (p.rate_bytes, p.netem());
-    if shaping(&have.props) != shaping(&want.props) {
+    if have.map(|h| shaping(&h.props)) != Some(shaping(&want.props)) {
         conn.delete_root_qdisc(&link).await?;
         if let Some(rate) = want.props.rate_bytes {
             conn.add_tbf(&link, &TbfSpec::for_rate(rate)).await?;
@@ -419,7 +464,7 @@ async fn apply_link_end(
             conn.add_netem(&link, &spec).await?;
         }
     }
-    if have.carries != want.carries {
+    if have.map(|h| h.carries) != Some(want.carries) {
         if want.carries {
             conn.set_up(link.index, &link.name).await?;
         } else {
