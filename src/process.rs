@@ -1239,6 +1239,55 @@ pub fn try_user_namespace(as_nobody: bool) -> io::Result<()> {
     }
 }
 
+/// Makes `cmd` start in a mount namespace of its own where /etc/hosts holds `content` (a lab's
+/// names). The file is written into a tmpfs mounted on /tmp for a moment, bound over
+/// /etc/hosts and the tmpfs detached again (the bind keeps the file): nothing reaches the disk
+/// or outlives the command's namespace. (A memfd cannot be the source: the kernel refuses
+/// binds from its internal mount.)
+pub fn hosts_file_on_exec(cmd: &mut std::process::Command, content: std::sync::Arc<Vec<u8>>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only makes syscalls on data made
+    // before the fork (the content and C string literals).
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::mount::{mount, umount2, MntFlags, MsFlags};
+            let none = None::<&str>;
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+            // Our mounts must not propagate back to the namespace we came from.
+            mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none)?;
+            mount(
+                Some(c"tmpfs"),
+                c"/tmp",
+                Some(c"tmpfs"),
+                MsFlags::MS_NOSUID,
+                Some(c"size=16m"),
+            )?;
+            let fd = nix::fcntl::open(
+                c"/tmp/hosts",
+                nix::fcntl::OFlag::O_CREAT
+                    | nix::fcntl::OFlag::O_WRONLY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )?;
+            let mut rest: &[u8] = &content;
+            while !rest.is_empty() {
+                let n = nix::unistd::write(&fd, rest)?;
+                rest = &rest[n..];
+            }
+            drop(fd);
+            mount(
+                Some(c"/tmp/hosts"),
+                c"/etc/hosts",
+                none,
+                MsFlags::MS_BIND,
+                none,
+            )?;
+            umount2(c"/tmp", MntFlags::MNT_DETACH)?;
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -254,7 +254,11 @@ impl<'a> Sweep<'a> {
             let owner = format!("lab {}", lab.name);
             let mut failed = false;
             if lab.mode == records::LabMode::Host {
-                for ns in lab.namespaces.iter().filter(|n| netns::named_path(n).exists()) {
+                for ns in lab
+                    .namespaces
+                    .iter()
+                    .filter(|n| netns::named_path(n).exists())
+                {
                     let r = self.unless_dry(|| netns::delete_named(ns).map_err(Error::from));
                     failed |= r.is_err();
                     self.note_for("netns", ns.clone(), &owner, r);
