@@ -508,7 +508,9 @@ fn ls(json: bool) {
             "{:<20} {:<8} {:<8} {}",
             l.name,
             mode,
-            holder_pid(l).map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            holder_pid(l)
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             l.file.display()
         );
     }
