@@ -493,7 +493,10 @@ impl LabLock {
                 nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY,
                 0o644,
             )
-            .map_err(io_err(format!("opening {}", dir.join(&file_name).display())))?;
+            .map_err(io_err(format!(
+                "opening {}",
+                dir.join(&file_name).display()
+            )))?;
         Ok((file, dir.join(&file_name)))
     }
 
