@@ -75,23 +75,18 @@ pub fn call(
     }
 }
 
-/// True when `plugin` speaks a version that has `command` (GC, STATUS: 1.1.0).
-pub fn speaks(plugin: &str, command: &str, env: &Env, version: Version) -> Result<bool, CniError> {
-    let first = first_version_of(command);
-    Ok(versions(plugin, env, version)?.iter().any(|v| *v >= first))
-}
-
-/// [`call`] for a delegate known to speak a version that has `command`.
-pub fn call_negotiated(
+/// Runs `command` (GC, STATUS: 1.1.0) only if `plugin` speaks a version that has it, at the
+/// version [`pick`] chooses; `Ok(None)` when it does not.
+pub fn call_if_spoken(
     plugin: &str,
     command: &str,
     env: &Env,
     stdin: &[u8],
     version: Version,
-) -> Result<Option<CniResult>, CniError> {
+) -> Result<Option<Option<CniResult>>, CniError> {
     let supported = versions(plugin, env, version)?;
     match pick(version, &supported, first_version_of(command)) {
-        Some(at) => call_at(plugin, command, env, stdin, version, at),
+        Some(at) => call_at(plugin, command, env, stdin, version, at).map(Some),
         None => Ok(None),
     }
 }

@@ -113,3 +113,133 @@ fn namespace_gone(record: &Record) -> bool {
             .and_then(|ns| ns.inode().ok())
             != record.netns_inode
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::owner::Owner;
+    use crate::provision::records::Kind;
+
+    const INODE: u64 = 4026532000;
+
+    fn link(index: u32, peer: u32, up: bool) -> Link {
+        Link {
+            index,
+            name: format!("if{index}"),
+            mac: None,
+            mtu: None,
+            controller: None,
+            kind: Some("veth".into()),
+            alias: None,
+            up,
+            peer: Some(peer),
+        }
+    }
+
+    fn record(phase: Phase, writer: Owner, inode: u64) -> Record {
+        Record {
+            kind: Kind::Cni,
+            name: "cni/c+eth0".into(),
+            network: "net".into(),
+            data_dir: "/nonexistent".into(),
+            owner: Owner::Cni {
+                container_id: "c".into(),
+                ifname: "eth0".into(),
+            },
+            phase,
+            writer,
+            netns: "/nonexistent/netns".into(),
+            netns_inode: Some(inode),
+            host_ifname: "if7".into(),
+            addresses: vec![],
+            created: 0,
+        }
+    }
+
+    fn dead() -> Owner {
+        Owner::Process {
+            pid: u32::MAX,
+            start_time: 1,
+        }
+    }
+
+    fn judge(
+        record: Option<Record>,
+        host: Option<Link>,
+        inside: Option<Link>,
+    ) -> Result<Option<Stale>, CniError> {
+        Found {
+            container_id: "c",
+            ifname: "eth0",
+            ns_path: "/run/netns/x",
+            ns_inode: INODE,
+            record,
+            host,
+            inside,
+        }
+        .judge()
+    }
+
+    #[test]
+    fn a_live_attachment_is_refused_and_nothing_is_judged_stale_on_a_guess() {
+        let ready = || record(Phase::Ready, dead(), INODE);
+        // Live: complete record, this namespace, host end up, the inside link its peer.
+        let e = judge(
+            Some(ready()),
+            Some(link(7, 2, true)),
+            Some(link(2, 7, true)),
+        );
+        assert_eq!(e.err().map(|e| e.code), Some(code::INVALID_ENVIRONMENT));
+        // Without a record too.
+        let e = judge(None, Some(link(7, 2, true)), Some(link(2, 7, true)));
+        assert_eq!(e.err().map(|e| e.code), Some(code::INVALID_ENVIRONMENT));
+        // An interface of that name that is not the veth's peer: refused, never cleared.
+        let e = judge(
+            Some(ready()),
+            Some(link(7, 3, true)),
+            Some(link(2, 9, true)),
+        );
+        assert_eq!(e.err().map(|e| e.code), Some(code::INVALID_ENVIRONMENT));
+        // An ADD at work (its writer alive): try again later.
+        let me = Owner::current_process().expect("me");
+        let e = judge(Some(record(Phase::Creating, me, INODE)), None, None);
+        assert_eq!(e.err().map(|e| e.code), Some(code::TRY_AGAIN_LATER));
+        // Attached in another namespace that still exists (this test's own): refused.
+        let here = crate::sys::netns::NetNs::open(std::path::Path::new("/proc/self/ns/net"))
+            .and_then(|ns| ns.inode())
+            .expect("own netns");
+        let mut elsewhere = record(Phase::Ready, dead(), here);
+        elsewhere.netns = "/proc/self/ns/net".into();
+        assert!(judge(Some(elsewhere), None, None).is_err());
+    }
+
+    #[test]
+    fn provable_leftovers_are_stale() {
+        assert!(judge(None, None, None).expect("fresh").is_none());
+        let stale = |r, h, i| judge(r, h, i).expect("stale").expect("something").why;
+        assert_eq!(
+            stale(Some(record(Phase::Creating, dead(), INODE)), None, None),
+            "the ADD that made it died"
+        );
+        assert_eq!(
+            stale(Some(record(Phase::Ready, dead(), INODE + 1)), None, None),
+            "its namespace is gone"
+        );
+        assert_eq!(
+            stale(
+                Some(record(Phase::Ready, dead(), INODE)),
+                Some(link(7, 2, false)),
+                Some(link(2, 7, true))
+            ),
+            "DEL began on it"
+        );
+        assert_eq!(
+            stale(None, Some(link(7, 2, false)), Some(link(2, 7, true))),
+            "DEL began on it"
+        );
+        assert_eq!(
+            stale(Some(record(Phase::Ready, dead(), INODE)), None, None),
+            "its interfaces are gone"
+        );
+    }
+}

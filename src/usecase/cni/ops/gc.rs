@@ -126,8 +126,8 @@ pub(super) fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError
 /// plugins with delegates); an older one (host-local before 1.2) gets a DEL for each attachment
 /// of this network netbox recorded and the runtime no longer lists, which releases its leases.
 fn delegated_gc(plugin: &str, env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
-    if delegate::speaks(plugin, "GC", env, conf.version)? {
-        return delegate::call_negotiated(plugin, "GC", env, stdin, conf.version).map(|_| ());
+    if delegate::call_if_spoken(plugin, "GC", env, stdin, conf.version)?.is_some() {
+        return Ok(());
     }
     let mut first_error = None;
     for record in records::list().unwrap_or_default() {

@@ -17,11 +17,7 @@ use crate::usecase::cni::{code, CniError};
 pub(super) fn status(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     if let IpamSection::Delegated { plugin, .. } = conf.net.ipam() {
         // A delegate that cannot be run cannot serve an ADD either.
-        let answered =
-            delegate::speaks(plugin, "STATUS", env, conf.version).and_then(|speaks| match speaks {
-                true => delegate::call_negotiated(plugin, "STATUS", env, stdin, conf.version),
-                false => Ok(None),
-            });
+        let answered = delegate::call_if_spoken(plugin, "STATUS", env, stdin, conf.version);
         if let Err(e) = answered {
             let code = match e.code {
                 code::NOT_AVAILABLE_DEGRADED => code::NOT_AVAILABLE_DEGRADED,
