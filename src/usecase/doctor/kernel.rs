@@ -99,7 +99,7 @@ pub const FEATURES: [Feature; 8] = [
         module: "bridge",
         missing: Status::Warn,
         needed_by: &[],
-        used_for: "VLANs on a bridge (the CNI `vlan` key, refused by netbox-cni today)",
+        used_for: "VLANs on a bridge: the CNI `vlan` key, refused by netbox-cni today",
     },
 ];
 
@@ -387,40 +387,33 @@ pub fn judge(
             let why = from_config().map(|c| format!("; {c}")).unwrap_or_default();
             check.set(
                 f.missing,
-                format!("refused: {reason}{why} (needed for {})", f.used_for),
+                format!("refused: {reason}{why}; needed for {}", f.used_for),
                 Some(fix_missing()),
             )
         }
         Some(Probe::NotTried(_)) | None => {
             let not_tried = match probe {
-                Some(Probe::NotTried(why)) => format!("not tried ({why})"),
-                _ => "not tried (needs root or a user namespace)".to_string(),
+                Some(Probe::NotTried(why)) => format!("not tried: {why}"),
+                _ => "not tried: needs root or a user namespace".to_string(),
             };
+            // A configuration that lists the options is the answer: a loaded module does not
+            // tell about an option built into it (VLAN filtering is part of `bridge`).
             match (config, built_without) {
                 (Some(_), false) => check.ok(format!(
-                    "{} ({not_tried})",
+                    "{}; {not_tried}",
                     from_config().unwrap_or_default()
-                )),
-                (Some(_), true) if module != Module::Absent => check.ok(format!(
-                    "module {} {} ({not_tried})",
-                    f.module,
-                    if module == Module::Loaded {
-                        "loaded"
-                    } else {
-                        "available"
-                    }
                 )),
                 (Some(_), true) => check.set(
                     f.missing,
                     format!(
-                        "{} (needed for {}; {not_tried})",
+                        "{}, needed for {}; {not_tried}",
                         from_config().unwrap_or_default(),
                         f.used_for
                     ),
                     Some(fix_missing()),
                 ),
                 (None, _) if module != Module::Absent => {
-                    check.ok(format!("module {} present ({not_tried})", f.module))
+                    check.ok(format!("module {} present; {not_tried}", f.module))
                 }
                 (None, _) => check.set(
                     Status::Warn,

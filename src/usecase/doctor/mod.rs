@@ -482,6 +482,12 @@ mod tests {
         let veth = &kernel::FEATURES[0];
         let c = kernel::judge(veth, None, Some(&cfg), "no-such-release");
         assert_eq!(c.status, Status::Ok, "{}", c.detail);
+        // An option of a module: the module being there says nothing about the option.
+        let vlan = &kernel::FEATURES[7];
+        assert_eq!(vlan.id, "bridge-vlan-filtering");
+        let cfg = kernel::KernelConfig::parse("CONFIG_BRIDGE=m\n", "test".into());
+        let c = kernel::judge(vlan, None, Some(&cfg), "no-such-release");
+        assert_eq!(c.status, Status::Warn, "{}", c.detail);
         let refused = kernel::Probe::Refused("Operation not supported".into());
         let c = kernel::judge(veth, Some(&refused), Some(&cfg), "no-such-release");
         assert_eq!(c.status, Status::Fail);
