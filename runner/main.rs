@@ -13,6 +13,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 
 use netbox::usecase::run::{self, NetMode, RunSpec};
+use netbox::process::{CapName, Confinement, PidMode};
 
 mod completions;
 mod doctor;
@@ -164,9 +165,23 @@ pub struct CommandArgs {
     /// Working directory of the command.
     #[arg(short = 'w', long = "cwd", value_name = "DIR")]
     cwd: Option<PathBuf>,
-    /// Let the command keep a capability netbox drops (NET_ADMIN or SYS_ADMIN).
+    /// Give the command a capability beyond the default set (NET_ADMIN, sys_ptrace,
+    /// CAP_NET_RAW, ...; ALL for every one; repeatable).
     #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
-    cap_add: Vec<Cap>,
+    cap_add: Vec<CapName>,
+    /// Take a capability from the default set (ALL: keep only those added; repeatable).
+    #[arg(long = "cap-drop", value_name = "CAP", value_parser = parse_cap)]
+    cap_drop: Vec<CapName>,
+    /// PID namespace: the sandbox's own (CMD sees only its own processes), or the host's.
+    #[arg(long, value_enum, default_value = "private")]
+    pid: Pid,
+    /// Seccomp: netbox's default filter, or none.
+    #[arg(long, value_enum, default_value = "default")]
+    seccomp: Seccomp,
+    /// Mount the whole file system read-only for the command (private, writable /tmp,
+    /// /var/tmp and /dev/shm).
+    #[arg(long)]
+    read_only: bool,
     /// Run the command as USER[:GROUP] (default: the invoking user under sudo, else yourself).
     #[arg(short, long, value_name = "USER[:GROUP]")]
     user: Option<String>,
@@ -194,7 +209,16 @@ impl CommandArgs {
             dns: self.dns,
             env: env_pairs(&self.env),
             cwd: self.cwd,
-            keep_caps: self.cap_add.into_iter().map(|c| c.0).collect(),
+            confinement: Confinement {
+                cap_add: self.cap_add,
+                cap_drop: self.cap_drop,
+                pid: match self.pid {
+                    Pid::Private => PidMode::Private,
+                    Pid::Host => PidMode::Host,
+                },
+                seccomp: matches!(self.seccomp, Seccomp::Default),
+                read_only: self.read_only,
+            },
             user,
             ..RunSpec::command(program, command.collect())
         })
@@ -204,8 +228,21 @@ impl CommandArgs {
 #[derive(Clone, Copy)]
 struct Mac([u8; 6]);
 
-#[derive(Clone, Copy)]
-struct Cap(caps::Capability);
+#[derive(Clone, Copy, ValueEnum)]
+enum Pid {
+    /// Its own PID namespace, with an init that reaps and forwards signals.
+    Private,
+    /// The host's PID namespace.
+    Host,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Seccomp {
+    /// Refuse module loading, kexec, bpf, perf, keyrings, mounts, new namespaces, ...
+    Default,
+    /// No seccomp filter.
+    Unconfined,
+}
 
 fn parse_ip(s: &str) -> Result<IpNetwork, String> {
     if s.contains('/') {
@@ -228,16 +265,9 @@ fn parse_mac(s: &str) -> Result<Mac, String> {
         .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))
 }
 
-fn parse_cap(s: &str) -> Result<Cap, String> {
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("CAP_") {
-        upper
-    } else {
-        format!("CAP_{upper}")
-    };
-    caps::Capability::from_str(&name)
-        .map(Cap)
-        .map_err(|_| format!("{s:?} is not a capability name"))
+fn parse_cap(s: &str) -> Result<CapName, String> {
+    s.parse()
+        .map_err(|e: netbox::process::ProcessError| e.to_string())
 }
 
 fn env_pairs(items: &[String]) -> Vec<(OsString, OsString)> {

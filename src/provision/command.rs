@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use crate::firewall::PortMapping;
 use crate::model::dns;
 use crate::model::network;
-use crate::process::{self, NetSetup, PrivateFiles, SandboxSpec, UserSpec};
+use crate::process::{self, Confinement, NetSetup, PrivateFiles, SandboxSpec, UserSpec};
 use crate::sys::netlink::Netlink;
 use crate::sys::netns::NetNs;
 use crate::sys::tuntap::{TunBuilder, TunRequest};
@@ -42,7 +42,8 @@ pub struct RunSpec {
     pub args: Vec<OsString>,
     pub env: Vec<(OsString, OsString)>,
     pub cwd: Option<PathBuf>,
-    pub keep_caps: Vec<caps::Capability>,
+    /// Capabilities, PID namespace, seccomp, read-only root: all protections by default.
+    pub confinement: Confinement,
     pub user: Option<UserSpec>,
     /// `--name`: the sandbox appears as /run/netns/NAME while it lives.
     pub name: Option<String>,
@@ -80,7 +81,7 @@ impl RunSpec {
             args,
             env: vec![],
             cwd: None,
-            keep_caps: vec![],
+            confinement: Confinement::default(),
             user: None,
             name: None,
             tuns: vec![],
@@ -146,7 +147,7 @@ pub fn sandbox_spec(spec: &RunSpec, net: NetSetup) -> SandboxSpec {
         private_files: true,
         env: spec.env.clone(),
         cwd: spec.cwd.clone(),
-        keep_caps: spec.keep_caps.clone(),
+        confinement: spec.confinement.clone(),
         user: spec.user.clone().or_else(UserSpec::from_sudo_env),
         tun_access: !spec.tuns.is_empty(),
     }
