@@ -5,6 +5,7 @@ mod agree;
 mod architecture;
 
 mod cni;
+mod confine;
 mod containerd;
 mod firewall;
 mod fits;
