@@ -156,9 +156,31 @@ pub(crate) struct ExecSpec {
     pub cwd: Option<CString>,
 }
 
+/// Memory the child writes, allocated before the fork.
+pub(crate) struct Buffers {
+    /// Receives the start message.
+    pub start: Vec<u8>,
+    /// The stack CMD's process runs on between its clone and its exec (see [`spawn_command`]).
+    pub stack: Vec<u8>,
+}
+
+/// Largest start message the child accepts.
+const MAX_START_MESSAGE: usize = 1 << 20;
+/// Stack for the few calls between clone and exec (posix_spawn's is of this order).
+const SPAWN_STACK: usize = 64 << 10;
+
+impl Buffers {
+    pub(crate) fn new() -> Buffers {
+        Buffers {
+            start: vec![0u8; MAX_START_MESSAGE],
+            stack: vec![0u8; SPAWN_STACK],
+        }
+    }
+}
+
 /// The child: set up everything that does not depend on the addresses, wait for the start
-/// message (into `start_buf`), fill the files, confine, exec. Never returns.
-pub(crate) fn child_main(p: &Prepared, exec: &ExecSpec, start_buf: &mut [u8]) -> ! {
+/// message, fill the files, confine, exec. Never returns.
+pub(crate) fn child_main(p: &Prepared, exec: &ExecSpec, buffers: &mut Buffers) -> ! {
     let files = match child_setup(p) {
         Ok(files) => files,
         Err(_) => exit(125),
@@ -169,7 +191,7 @@ pub(crate) fn child_main(p: &Prepared, exec: &ExecSpec, start_buf: &mut [u8]) ->
             fail_and_exit(p.report, Stage::Cwd, io::Error::last_os_error());
         }
     }
-    let msg = match receive_start(p.chan, start_buf) {
+    let msg = match receive_start(p.chan, &mut buffers.start) {
         Ok(Some(msg)) => msg,
         // netbox gave up (or died): do not run CMD.
         Ok(None) => exit(125),
@@ -190,11 +212,7 @@ pub(crate) fn child_main(p: &Prepared, exec: &ExecSpec, start_buf: &mut [u8]) ->
     if !p.pid_namespace {
         exec_command(exec, p.report);
     }
-    // SAFETY: a fork: the new process only resets its signal state and execs.
-    let pid = unsafe { clone_process(0) };
-    if pid == 0 {
-        exec_command(exec, p.report);
-    }
+    let pid = spawn_command(exec, p.report, &mut buffers.stack);
     if pid < 0 {
         fail_and_exit(p.report, Stage::Spawn, io::Error::last_os_error());
     }
@@ -223,6 +241,37 @@ pub(crate) unsafe fn clone_process(flags: libc::c_int) -> libc::pid_t {
     // A NULL stack makes clone behave as fork; the other arguments are unused without the
     // flags that read them (their order differs between architectures, all are zero).
     libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) as libc::pid_t
+}
+
+/// What the spawned process reads: its exec arguments and where to report a failed exec.
+struct SpawnArgs<'a> {
+    exec: &'a ExecSpec,
+    report: RawFd,
+}
+
+/// Starts CMD as the child of this process the way posix_spawn does: a clone that shares our
+/// memory (no page tables to copy) and suspends us until it has exec'd or died, running on its
+/// own `stack` so that it cannot overwrite our frames. Returns its pid, or -1.
+fn spawn_command(exec: &ExecSpec, report: RawFd, stack: &mut [u8]) -> libc::pid_t {
+    extern "C" fn start(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the SpawnArgs below, alive until this process execs or exits (the
+        // parent is suspended until then: CLONE_VFORK).
+        let args = unsafe { &*arg.cast::<SpawnArgs>() };
+        exec_command(args.exec, args.report)
+    }
+    let mut args = SpawnArgs { exec, report };
+    // The stack grows down: start at its end, aligned as the ABI requires.
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    // SAFETY: `start` only resets its signal state and execs (or reports and _exits); it
+    // touches no memory of ours but its own stack, `args` (read only) and errno.
+    unsafe {
+        libc::clone(
+            start,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut args as *mut SpawnArgs).cast(),
+        )
+    }
 }
 
 /// no_new_privs (always: a setuid binary gains nothing), then the seccomp filter. The last

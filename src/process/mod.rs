@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+mod bpf;
 pub mod capabilities;
 mod child;
 mod mounts;

@@ -35,9 +35,6 @@ impl PrivateFiles {
     }
 }
 
-/// Largest start message the child accepts.
-const MAX_START_MESSAGE: usize = 1 << 20;
-
 /// A child forked and set up (namespaces made or joined, privileges still held) that waits for
 /// [`Pending::start`] before it mounts its private files, drops privileges and execs CMD.
 /// Forking first lets the child's set-up (creating a network namespace costs about half a
@@ -81,7 +78,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Pending> {
         chan_child.as_raw_fd(),
     )?;
     let exec = exec_spec(spec)?;
-    let mut start_buf = vec![0u8; MAX_START_MESSAGE];
+    let mut buffers = child::Buffers::new();
     let mut flags = 0;
     if prepared.pid_namespace {
         flags |= libc::CLONE_NEWPID;
@@ -107,7 +104,7 @@ pub fn prepare(spec: &SandboxSpec) -> Result<Pending> {
             libc::close(chan_parent.as_raw_fd());
             libc::close(report_rx.as_raw_fd());
         }
-        child::child_main(&prepared, &exec, &mut start_buf);
+        child::child_main(&prepared, &exec, &mut buffers);
     }
     drop(report_tx);
     drop(chan_child);
