@@ -169,24 +169,34 @@ pub(crate) fn mask_kernel_paths() -> io::Result<()> {
     // is cheaper than a new file system each.
     let mut empty_dir: Option<&CStr> = None;
     for path in MASKED {
-        // /dev/null over a file; mounting a file on a directory fails with ENOTDIR.
-        let masked = match mount(Some(c"/dev/null"), path, None, libc::MS_BIND, None) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => match empty_dir {
-                Some(dir) => mount(Some(dir), path, None, libc::MS_BIND, None),
-                None => mount(
+        // Look first: a failed mount of a file on a directory costs an RCU grace period.
+        // SAFETY: stat fills the plain-data buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a valid buffer.
+        if unsafe { libc::stat(path.as_ptr(), &mut st) } < 0 {
+            let e = io::Error::last_os_error();
+            if missing(&e) {
+                continue;
+            }
+            return Err(e);
+        }
+        if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            // /dev/null over a file.
+            mount(Some(c"/dev/null"), path, None, libc::MS_BIND, None)?;
+            continue;
+        }
+        match empty_dir {
+            Some(dir) => mount(Some(dir), path, None, libc::MS_BIND, None)?,
+            None => {
+                mount(
                     Some(c"tmpfs"),
                     path,
                     Some(c"tmpfs"),
                     NOSUID_NODEV_NOEXEC | libc::MS_RDONLY,
                     None,
-                )
-                .inspect(|()| empty_dir = Some(path)),
-            },
-            other => other,
-        };
-        match masked {
-            Err(e) if missing(&e) => {}
-            other => other?,
+                )?;
+                empty_dir = Some(path);
+            }
         }
     }
     for path in READ_ONLY {
