@@ -12,8 +12,8 @@ use std::str::FromStr;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use ipnetwork::IpNetwork;
 
-use netbox::usecase::run::{self, NetMode, RunSpec};
 use netbox::process::{CapName, Confinement, PidMode};
+use netbox::usecase::run::{self, NetMode, RunSpec};
 
 mod completions;
 mod doctor;
