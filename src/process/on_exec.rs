@@ -3,7 +3,6 @@
 //! user-namespace probe. Unlike the sandbox child
 //! (`child`), these start ordinary tools and apply no confinement.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::OwnedFd;
 
@@ -27,72 +26,19 @@ pub fn enter_namespaces_on_exec(
     }
 }
 
-/// Makes `cmd` start as the holder of a private host: its own session, new network + mount
-/// namespaces (and a user namespace mapping only the caller when not root), / made private and
-/// fresh tmpfs mounts on `tmpfs_dirs` (those that exist), so named namespaces and state made
-/// inside never reach the real host and vanish with the holder.
+/// Makes `cmd` start as the holder of a private host (see `sys::private_host`): its own
+/// session, new network + mount namespaces (and a user namespace mapping only the caller when
+/// not root), / made private and fresh tmpfs mounts on `tmpfs_dirs`, so named namespaces and
+/// state made inside never reach the real host and vanish with the holder.
 pub fn private_host_on_exec(cmd: &mut std::process::Command, rootless: bool, tmpfs_dirs: &[&str]) {
     use std::os::unix::process::CommandExt;
-    let uid_map = format!("0 {} 1", nix::unistd::getuid().as_raw());
-    let gid_map = format!("0 {} 1", nix::unistd::getgid().as_raw());
-    let dirs: Vec<CString> = tmpfs_dirs
-        .iter()
-        .filter_map(|d| CString::new(*d).ok())
-        .collect();
-    // SAFETY: the closure runs in the forked child before exec and only makes syscalls (the
-    // strings were allocated before the fork).
+    let host = crate::sys::private_host::PrivateHost::new(rootless, tmpfs_dirs);
+    // SAFETY: the closure runs in the forked child before exec and only makes syscalls
+    // (`PrivateHost` prepared everything it writes before the fork).
     unsafe {
         cmd.pre_exec(move || {
-            use nix::mount::{mount, MsFlags};
-            use nix::sched::{unshare, CloneFlags};
             nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if rootless {
-                unshare(
-                    CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS,
-                )
-                .map_err(std::io::Error::from)?;
-                for (path, data) in [
-                    ("/proc/self/setgroups", "deny".as_bytes()),
-                    ("/proc/self/uid_map", uid_map.as_bytes()),
-                    ("/proc/self/gid_map", gid_map.as_bytes()),
-                ] {
-                    use std::io::Write;
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(path)?
-                        .write_all(data)?;
-                }
-            } else {
-                unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-                    .map_err(std::io::Error::from)?;
-            }
-            mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-                None::<&str>,
-            )
-            .map_err(std::io::Error::from)?;
-            for dir in &dirs {
-                mount(
-                    Some("tmpfs"),
-                    dir.as_c_str(),
-                    Some("tmpfs"),
-                    MsFlags::empty(),
-                    Some("mode=0755"),
-                )
-                .map_err(std::io::Error::from)?;
-            }
-            // A /sys of the private network namespace, for tools that read it.
-            let _ = mount(
-                Some("sysfs"),
-                "/sys",
-                Some("sysfs"),
-                MsFlags::empty(),
-                None::<&str>,
-            );
-            Ok(())
+            host.enter().map_err(|refused| refused.error)
         });
     }
 }
