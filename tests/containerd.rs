@@ -31,8 +31,9 @@ impl Containerd {
         sh("mount -t tmpfs tmpfs /etc/cni && mkdir -p /etc/cni/net.d");
         sh("mount -t tmpfs tmpfs /opt && mkdir -p /opt/cni/bin");
         // containerd 1.6 keeps shim sockets, fifos and runc's state under /run/containerd
-        // whatever its configuration says.
-        sh("mkdir -p /run/containerd && mount -t tmpfs tmpfs /run/containerd");
+        // whatever its configuration says: a fresh /run (nothing in the private host's /run is
+        // in use yet) keeps even that directory off the real host.
+        sh("mount -t tmpfs tmpfs /run && mkdir -p /run/netns /run/netbox /run/containerd");
         sh(&format!(
             "cp {} /opt/cni/bin/netbox-cni",
             cni_bin().display()
