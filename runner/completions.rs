@@ -41,7 +41,7 @@ enum Shell {
 /// Answers a completion request and exits, when NETBOX_COMPLETE asks for one.
 pub fn answer_if_asked(command: fn() -> clap::Command) {
     if std::env::var_os(VAR).is_some() {
-        clap_complete::CompleteEnv::with_factory(command)
+        clap_complete::CompleteEnv::with_factory(|| with_lab_completers(command()))
             .var(VAR)
             .complete();
     }
@@ -144,20 +144,46 @@ pub fn lab_files(current: &OsStr) -> Vec<CompletionCandidate> {
     out
 }
 
-/// Nodes of the lab file named earlier on the command line (`netbox lab exec FILE NODE`).
+/// Nodes (and switches) of the lab file named earlier on the command line (`netbox lab
+/// exec FILE NODE`, `lab isolate FILE NODE`, `lab link-down FILE A B`, ...).
 pub fn lab_nodes(current: &OsStr) -> Vec<CompletionCandidate> {
-    // The words being completed follow `--` on this process's command line.
+    // The words being completed follow `--` on this process's command line: netbox lab SUB
+    // [OPTIONS] FILE ...
     let words: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
-    let Some(pos) = words.iter().position(|w| w == "exec") else {
+    let Some(pos) = words.iter().position(|w| w == "lab") else {
         return vec![];
     };
-    let Some(file) = words.get(pos + 1) else {
+    let Some(file) = words.iter().skip(pos + 2).find(|w| !w.starts_with('-')) else {
         return vec![];
     };
     match netbox::lab::Topology::from_file(file.as_ref())
         .and_then(|t| netbox::lab::topology::resolve(&t))
     {
-        Ok(plan) => matching(current, plan.nodes.iter().map(|n| n.name.clone())),
+        Ok(plan) => {
+            let nodes = plan.nodes.iter().map(|n| n.name.clone());
+            matching(
+                current,
+                nodes.chain(plan.switches.iter().map(|s| s.name.clone())),
+            )
+        }
         Err(_) => vec![],
     }
+}
+
+/// The clap tree with the completers lab commands take from here rather than carry in their
+/// definitions: every lab subcommand's FILE completes lab files, its NODE, A and B the nodes
+/// and switches of that file. New lab commands get them without a line of their own.
+pub fn with_lab_completers(cmd: clap::Command) -> clap::Command {
+    use clap_complete::ArgValueCompleter;
+    cmd.mut_subcommand("lab", |lab| {
+        lab.mut_subcommands(|sub| {
+            // mut_args keeps the arguments in place (mut_arg would move one to the end, and
+            // positionals are ordered).
+            sub.mut_args(|a| match a.get_id().as_str() {
+                "file" => a.add(ArgValueCompleter::new(lab_files)),
+                "node" | "a" | "b" => a.add(ArgValueCompleter::new(lab_nodes)),
+                _ => a,
+            })
+        })
+    })
 }

@@ -34,25 +34,19 @@ enum LabCommand {
     },
     /// Run a command in a node of a running lab.
     Exec {
-        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::lab_files))]
         file: PathBuf,
-        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::lab_nodes))]
         node: String,
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<OsString>,
     },
     /// Run the lab file's checks against the running lab.
     Check {
-        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::lab_files))]
         file: PathBuf,
         #[arg(long)]
         json: bool,
     },
     /// Remove the lab.
-    Down {
-        #[arg(add = clap_complete::ArgValueCompleter::new(crate::completions::lab_files))]
-        file: PathBuf,
-    },
+    Down { file: PathBuf },
     /// Take a link down (give its two ends: NODE, NODE:IFNAME or a switch).
     LinkDown { file: PathBuf, a: String, b: String },
     /// Bring a link back up.

@@ -195,6 +195,20 @@ fn completion_scripts_load_and_complete_subcommands_and_names() {
         assert_eq!(complete_in_bash("netbox exec w"), ["web"]);
         assert!(complete_in_bash("netbox ns del ").contains(&"web".to_string()));
     }
+    // Lab commands: nodes and switches of the file named before, for every subcommand.
+    let lab = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/labs/router.toml");
+    assert_eq!(
+        complete_in_bash(&format!("netbox lab exec {lab} cl")),
+        ["client"]
+    );
+    let ends = complete_in_bash(&format!("netbox lab link-down {lab} "));
+    for name in ["client", "router", "server", "left", "right"] {
+        assert!(ends.contains(&name.to_string()), "{name} missing: {ends:?}");
+    }
+    assert_eq!(
+        complete_in_bash(&format!("netbox lab isolate {lab} ro")),
+        ["router"]
+    );
     // zsh and fish: the scripts call netbox back the same way.
     for shell in ["zsh", "fish"] {
         let out = netbox()
