@@ -90,10 +90,12 @@ impl Stage {
             Stage::ReadOnly => {
                 "making the root file system read-only (--read-only needs Linux 5.12)"
             }
-            Stage::Proc => "mounting /proc for the PID namespace",
+            Stage::Proc => "mounting /proc for the PID namespace (--pid host shares the host's)",
             Stage::Sys => "mounting /sys read-only",
             Stage::Masks => "masking /proc and /sys paths",
-            Stage::Seccomp => "setting no_new_privs and the seccomp filter",
+            Stage::Seccomp => {
+                "setting no_new_privs and the seccomp filter (--seccomp unconfined: no filter)"
+            }
             Stage::Spawn => "starting the command in the PID namespace",
         }
     }
