@@ -51,6 +51,8 @@ fn plugin_main() -> i32 {
         }
     }
     let outcome = netbox::usecase::cni::run(&|key| std::env::var(key).ok(), &stdin);
+    // Its exit would otherwise wait for the kernel's clean-up of nf_tables deletions.
+    netbox::firewall::release();
     if !outcome.stdout.is_empty() {
         print(&outcome.stdout);
     }

@@ -337,7 +337,7 @@ fn run_case(file: &Path) -> Result<(), String> {
         if (!gone || !leases().is_empty()) && outcome.is_ok() {
             outcome = Err(format!("DEL left {:?} {:?}", host_veths(), leases()));
         }
-        let tables = crate::firewall::netbox_tables();
+        let tables = crate::firewall::netbox_state();
         if !tables.is_empty() && outcome.is_ok() {
             outcome = Err(format!("DEL left nft tables {tables:?}"));
         }
@@ -1105,9 +1105,9 @@ fn podman_containers_on_a_netbox_network_talk_and_rm_leaves_nothing() {
     podman(w, &["rm", "-f", "-t", "0", "a"]);
     eventually("podman's veths to go", || host_veths().is_empty());
     assert!(
-        crate::firewall::netbox_tables().is_empty(),
+        crate::firewall::netbox_state().is_empty(),
         "{:?}",
-        crate::firewall::netbox_tables()
+        crate::firewall::netbox_state()
     );
     assert!(leases().is_empty(), "{:?}", leases());
     // cgroups are not namespaced here: remove the empty ones podman made on the real host.
@@ -1533,7 +1533,7 @@ fn an_add_killed_at_any_moment_leaks_nothing() {
                 host_veths().is_empty() && links_in("c1") == vec!["lo".to_string()]
             });
             assert!(leases().is_empty(), "trial {trial}: {:?}", leases());
-            let tables = crate::firewall::netbox_tables();
+            let tables = crate::firewall::netbox_state();
             assert!(tables.is_empty(), "trial {trial}: {tables:?}");
             let records: Vec<String> = files_under(Path::new("/run/netbox/cni"))
                 .into_iter()

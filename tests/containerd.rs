@@ -201,7 +201,7 @@ fn nothing_left() {
     eventually("the veths to go", || host_veths().is_empty());
     assert!(leases().is_empty(), "{:?}", leases());
     assert!(records().is_empty(), "{:?}", records());
-    let tables = crate::firewall::netbox_tables();
+    let tables = crate::firewall::netbox_state();
     assert!(tables.is_empty(), "{tables:?}");
 }
 
@@ -319,7 +319,7 @@ fn containerd_start_stop_cycles_leave_nothing_and_masquerade_rules_go_with_the_c
     std::thread::scope(|scope| {
         let running = scope.spawn(|| ctr.run("m", "sleep 2"));
         eventually("the container's masquerade rules", || {
-            !crate::firewall::netbox_tables().is_empty()
+            !crate::firewall::netbox_state().is_empty()
         });
         let rules = sh("nft list ruleset");
         assert!(rules.contains("masquerade"), "{rules}");

@@ -247,11 +247,12 @@ pub fn parse_alias(alias: &str) -> Option<(String, Owner)> {
     (owner.key().ok()? == key).then(|| (network.into(), owner))
 }
 
-/// The name of an owner's nft tables: `netbox-` and the owner's key, where bytes outside nft's
-/// name alphabet (letters, digits, `.`, `-`, `/`) become `_XX`.
-pub fn nft_table_name(owner: &Owner) -> Result<String> {
+/// An nft name for an owner: `prefix` and the owner's key, where bytes outside nft's name
+/// alphabet (letters, digits, `.`, `-`, `/`) become `_XX`. Tables of older netbox versions use
+/// [`TABLE_PREFIX`]; the firewall's per-owner record chains their own prefix.
+pub fn nft_name(prefix: &str, owner: &Owner) -> Result<String> {
     let key = owner.key()?;
-    let mut name = String::from(TABLE_PREFIX);
+    let mut name = String::from(prefix);
     for b in key.bytes() {
         if b.is_ascii_alphanumeric() || b"./-".contains(&b) {
             name.push(char::from(b));
@@ -261,15 +262,15 @@ pub fn nft_table_name(owner: &Owner) -> Result<String> {
     }
     if name.len() > MAX_TABLE_NAME {
         return Err(IpamError::BadOwner(format!(
-            "{owner}: its key is too long to name an nft table"
+            "{owner}: its key is too long to name an nft table or chain"
         )));
     }
     Ok(name)
 }
 
-/// The owner a netbox table name stands for (None for other tables).
-pub fn owner_of_nft_table(name: &str) -> Option<Owner> {
-    let encoded = name.strip_prefix(TABLE_PREFIX)?;
+/// The owner an [`nft_name`] with `prefix` stands for (None for other names).
+pub fn owner_of_nft_name(prefix: &str, name: &str) -> Option<Owner> {
+    let encoded = name.strip_prefix(prefix)?;
     let mut key = Vec::with_capacity(encoded.len());
     let mut bytes = encoded.bytes();
     while let Some(b) = bytes.next() {
@@ -281,6 +282,16 @@ pub fn owner_of_nft_table(name: &str) -> Option<Owner> {
         }
     }
     Owner::from_key(std::str::from_utf8(&key).ok()?)
+}
+
+/// The name of an owner's per-owner nft tables (netbox before the shared firewall tables).
+pub fn nft_table_name(owner: &Owner) -> Result<String> {
+    nft_name(TABLE_PREFIX, owner)
+}
+
+/// The owner a per-owner netbox table name stands for (None for other tables).
+pub fn owner_of_nft_table(name: &str) -> Option<Owner> {
+    owner_of_nft_name(TABLE_PREFIX, name)
 }
 
 #[cfg(test)]

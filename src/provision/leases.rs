@@ -352,11 +352,24 @@ impl Store {
     /// Releases the leases of `netbox run` processes that are gone; returns how many. Reads only
     /// the process owners' indexes.
     pub fn reclaim_dead(&self) -> Result<usize> {
+        self.reclaim_dead_with(|_| true)
+    }
+
+    /// [`Store::reclaim_dead`], calling `before_release` on each dead owner under the lock before
+    /// its addresses are released (so before anyone can be handed them); an owner for which it
+    /// returns false keeps its leases. `netbox run` removes the owner's firewall state there.
+    pub fn reclaim_dead_with(
+        &self,
+        mut before_release: impl FnMut(&Owner) -> bool,
+    ) -> Result<usize> {
         let _lock = self.lock()?;
         let mut count = 0;
         for file in list_dir(&self.dirs.proc, "listing owners")? {
             let index = format!("proc/{file}");
-            if Owner::from_key(&index).is_some_and(|owner| !owner.is_alive()) {
+            let Some(owner) = Owner::from_key(&index).filter(|o| !o.is_alive()) else {
+                continue;
+            };
+            if before_release(&owner) {
                 count += self.release_locked(&index)?;
             }
         }

@@ -14,6 +14,7 @@ pub mod capture;
 pub mod dirfd;
 pub mod netlink;
 pub mod netns;
+pub mod nfnetlink;
 pub mod private_host;
 pub mod privilege;
 pub mod runtime;

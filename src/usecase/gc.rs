@@ -171,10 +171,12 @@ pub fn gc_with_progress(dry_run: bool, progress: &dyn Fn(usize, usize)) -> Resul
     sweep.veths(progress);
     sweep.unaliased_cni_veths(&stale);
     sweep.namespaces(&stale);
+    // Firewall state before leases: an address is never handed out again while rules (a
+    // published port) still point at it.
+    sweep.firewall();
     for store in view.stores() {
         sweep.leases(&store);
     }
-    sweep.firewall();
     sweep.labs();
     // Records last: each stays until what it stands for is gone, so an interrupted gc resumes.
     sweep.records(&stale);
@@ -405,8 +407,8 @@ impl<'a> Sweep<'a> {
         }
     }
 
-    /// Firewall rules (netbox's own nftables tables) of gone owners. Without nft there is no
-    /// rule netbox could have made.
+    /// Firewall state (elements and record in netbox's shared tables) of gone owners, then the
+    /// shared tables once no owner is left. Without nft there is no rule netbox could have made.
     fn firewall(&mut self) {
         if !crate::firewall::nft::available() {
             return;
@@ -415,12 +417,17 @@ impl<'a> Sweep<'a> {
             Ok(owners) => {
                 for owner in owners.iter().filter(|o| self.view.owner_stale(o)) {
                     let name =
-                        crate::firewall::table_name(owner).unwrap_or_else(|_| owner_text(owner));
+                        crate::firewall::record_name(owner).unwrap_or_else(|_| owner_text(owner));
                     let r = self.unless_dry(|| crate::firewall::remove(owner).map_err(Error::from));
                     self.note("firewall", name, Some(owner), r);
                 }
             }
             Err(e) => self.report.errors.push(format!("firewall: {e}")),
+        }
+        if !self.dry_run {
+            if let Err(e) = crate::firewall::remove_unused_tables() {
+                self.report.errors.push(format!("firewall: {e}"));
+            }
         }
     }
 
@@ -497,14 +504,15 @@ pub struct Listing {
     pub sandboxes: Vec<Entry>,
     /// Leases whose owner is gone (a live owner's leases are its entry's addresses).
     pub stale_leases: Vec<LeaseEntry>,
-    /// Firewall tables whose owner is gone.
+    /// Firewall state whose owner is gone.
     pub stale_rules: Vec<RuleEntry>,
     /// Files in netbox's stores that read as nothing netbox writes (corrupt leases, indexes,
     /// records): skipped, and removed by gc once provably unowned.
     pub garbage: Vec<String>,
 }
 
-/// A firewall table (one attachment's rules) whose owner is gone.
+/// Firewall state (one attachment's rules, named by its record chain in `inet netbox`) whose
+/// owner is gone.
 #[derive(Debug, Serialize)]
 pub struct RuleEntry {
     pub table: String,
@@ -636,7 +644,7 @@ pub fn ls() -> Result<Listing> {
         for owner in crate::firewall::owners().unwrap_or_default() {
             if view.owner_stale(&owner) {
                 out.stale_rules.push(RuleEntry {
-                    table: crate::firewall::table_name(&owner).unwrap_or_default(),
+                    table: crate::firewall::record_name(&owner).unwrap_or_default(),
                     owner: owner_text(&owner),
                 });
             }

@@ -149,9 +149,13 @@ impl From<crate::Error> for CniError {
                 _ => code::INVALID_CONFIG,
             },
             crate::Error::Config(_) => code::INVALID_CONFIG,
-            crate::Error::Firewall(crate::firewall::FirewallError::Config(_)) => {
-                code::INVALID_CONFIG
-            }
+            // A host port (or an address) another live attachment holds: the runtime config
+            // asks for what cannot be had, like a taken requested address.
+            crate::Error::Firewall(
+                crate::firewall::FirewallError::Config(_)
+                | crate::firewall::FirewallError::PortTaken { .. }
+                | crate::firewall::FirewallError::Taken { .. },
+            ) => code::INVALID_CONFIG,
             crate::Error::Firewall(_) => code::IO_FAILURE,
             crate::Error::Io { .. } | crate::Error::Process(_) | crate::Error::Tuntap(_) => {
                 code::IO_FAILURE

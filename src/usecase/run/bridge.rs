@@ -34,6 +34,10 @@ pub(super) fn run(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     }
     // Named sandboxes of runs that were killed: their namespace mounts would keep them alive.
     publish::reap_dead_runs();
+    // And their firewall state (one small netlink read when there is none).
+    if let Err(e) = firewall::remove_dead_runs() {
+        tracing::warn!(%e, "removing the rules of killed runs");
+    }
     // Declared before the child: on failure the child (and with it the namespace and veth)
     // goes first, then the undos.
     let mut rollback = Rollback::new();
@@ -43,7 +47,18 @@ pub(super) fn run(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     let (attached, ns) = crate::sys::runtime::current_thread()?.block_on(async {
         let host = Netlink::connect()?;
         let bridge = connect::lookup_bridge(&host, network).await?;
-        if let Err(e) = ipam.store.reclaim_dead() {
+        // A dead run's firewall state goes before its address can be handed out again (a
+        // published port would otherwise reach the next sandbox with that address).
+        let reclaimed = ipam
+            .store
+            .reclaim_dead_with(|dead| match firewall::remove(dead) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(%e, %dead, "keeping the lease: its firewall state stays");
+                    false
+                }
+            });
+        if let Err(e) = reclaimed {
             tracing::warn!(%e, "reclaiming leases of dead sandboxes failed");
         }
         let (ns, socket) = child.take_network()?;
@@ -127,13 +142,13 @@ pub(super) fn run(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     if let Some(record) = named {
         publish::unpublish_run(&record);
     }
-    // Unlike the veth, rules outlive the namespace: they go now, with those of runs that died
-    // without removing theirs (found by owner), in a transaction left to finish on its own.
+    // Unlike the veth, rules outlive the namespace: they go now (one netlink transaction).
     if has_rules {
-        if let Err(e) = firewall::remove_in_background(&owner) {
+        if let Err(e) = firewall::remove(&owner) {
             eprintln!("netbox: warning: {e}; the next run removes these rules");
         }
     }
+    firewall::release();
     if let Err(e) = ipam.store.release(&owner) {
         tracing::warn!(%e, "releasing the lease failed; the next run reclaims it");
     }
@@ -143,8 +158,7 @@ pub(super) fn run(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
 
 /// The sandbox's firewall, or None when it needs no rule. Masquerade is asked for with
 /// `--masquerade`, or by a conflist's `ipMasq`; the built-in network does not masquerade by
-/// default, because rules cost `netbox run` an nft transaction at start (a 2 ms sandbox would
-/// take 20). The conflist's other firewall keys (`macspoofchk`, `isolate`, `isolateNetworks`,
+/// default (traffic leaving the machine under its address is the user's choice). The conflist's other firewall keys (`macspoofchk`, `isolate`, `isolateNetworks`,
 /// `blockHost`) apply as they do for netbox-cni. Once any rule is made, anti-spoofing and
 /// isolation from other networks come with it.
 fn firewall_spec(

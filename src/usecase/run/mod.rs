@@ -47,7 +47,13 @@ pub fn run(spec: RunSpec) -> Result<i32> {
         )),
         NetMode::None if !privileged() => loopback::run(&spec, NetSetup::NewRootless),
         // The child makes its namespace and brings loopback up itself.
-        NetMode::None => loopback::run(&spec, NetSetup::New),
+        NetMode::None => {
+            // Privileged: remove what killed runs left in the firewall, as every run does.
+            if let Err(e) = crate::firewall::remove_dead_runs() {
+                tracing::warn!(%e, "removing the rules of killed runs");
+            }
+            loopback::run(&spec, NetSetup::New)
+        }
         NetMode::Bridge { network, subnet } => {
             if !privileged() {
                 return Err(Error::Config(
