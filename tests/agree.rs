@@ -2,14 +2,14 @@
 //! configuration they build the same network, and refuse the same keys with the same message.
 //! Each case sets one bridge key; the plugin attaches a namespace and `netbox run` a sandbox, and
 //! what the kernel shows of both (inside: MTU, addresses, DAD, default routes; host: the bridge's
-//! addresses, MTU and promiscuity, the veth's hairpin and MTU, firewall tables) must match.
+//! addresses, MTU and promiscuity, the veth's hairpin and MTU, firewall state) must match.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::harness::{cni_bin, ip_json, netbox, private_host, sh};
+use crate::harness::{cni_bin, ip_json, netbox, private_host};
 use netbox::sys::netns;
 
 /// A network with one key changed from a plain dual-stack gateway bridge; `n` keeps bridges
@@ -99,19 +99,6 @@ fn host_view(bridge: &str, veth: &str) -> (Value, bool, Vec<String>, Value, Valu
     )
 }
 
-/// Names of netbox's nft tables.
-fn tables() -> Vec<String> {
-    sh("nft -j list tables 2>/dev/null || true")
-        .parse::<Value>()
-        .ok()
-        .and_then(|v| v["nftables"].as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|t| t["table"]["name"].as_str().map(str::to_string))
-        .filter(|n| n.starts_with("netbox-"))
-        .collect()
-}
-
 /// The plugin's ADD of namespace `ns`: what it made, or its error message.
 fn plugin(conf: &Value, ns: &str) -> Result<Seen, String> {
     netns::create_named(ns).expect("netns");
@@ -153,7 +140,7 @@ fn plugin(conf: &Value, ns: &str) -> Result<Seen, String> {
     let bridge = conf["bridge"].as_str().unwrap_or("cni0");
     let (bridge_mtu, bridge_promisc, bridge_addresses, veth_mtu, hairpin) =
         host_view(bridge, &veth);
-    let firewall = tables().contains(&format!("netbox-cni/{ns}_2Beth0"));
+    let firewall = crate::firewall::netbox_owners().contains(&format!("owner-cni/{ns}_2Beth0"));
     Ok(Seen {
         inside_mtu,
         addresses,
@@ -209,8 +196,10 @@ fn run(conf: &Value, dir: &std::path::Path) -> Result<Seen, String> {
         .expect("the run's veth");
     let (bridge_mtu, bridge_promisc, bridge_addresses, veth_mtu, hairpin) =
         host_view(bridge, &veth);
-    let owner = format!("netbox-proc/{}.", child.id());
-    let firewall = tables().iter().any(|t| t.starts_with(&owner));
+    let owner = format!("owner-proc/{}.", child.id());
+    let firewall = crate::firewall::netbox_owners()
+        .iter()
+        .any(|t| t.starts_with(&owner));
     drop(child.stdin.take());
     let status = child.wait().expect("netbox run");
     assert!(status.success(), "netbox run failed: {status}");
