@@ -768,65 +768,6 @@ fn netbox_gc_removes_rules_of_gone_owners_and_ls_lists_them() {
     assert_eq!(ruleset(), before, "gc removes the unused shared tables");
 }
 
-/// UDP datagrams arriving at `socket` within a short wait (their payloads).
-fn received(socket: &UdpSocket) -> Vec<String> {
-    socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 256];
-    while let Ok((n, _)) = socket.recv_from(&mut buf) {
-        out.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
-    }
-    out
-}
-
-#[test]
-fn run_sandbox_with_net_admin_cannot_forge_its_mac_to_the_host() {
-    if !private_host("firewall::run_sandbox_with_net_admin_cannot_forge_its_mac_to_the_host") {
-        return;
-    }
-    // Host-bound: datagrams to the gateway (the host's own bridge address).
-    let host = UdpSocket::bind("0.0.0.0:7100").expect("bind");
-    let send = |args: &[&str], forge: &str| {
-        let script = format!(
-            "{forge} for i in 1 2 3; do bash -c 'echo {name} > /dev/udp/10.117.0.1/7100'; \
-             busybox sleep 0.1; done",
-            name = if forge.is_empty() { "plain" } else { "forged" },
-        );
-        let mut all = vec!["--cap-add", "NET_ADMIN"];
-        all.extend_from_slice(args);
-        let out = run_sh(&all, &script).output().expect("run");
-        assert!(out.status.success(), "{out:?}");
-        received(&host)
-    };
-    // The gateway's MAC is learnt first (with the true addresses), as a sandbox would have it.
-    let learn = "busybox ping -c1 -W1 10.117.0.1 >/dev/null;";
-    for args in [&["--isolate"][..], &["--masquerade"][..]] {
-        assert!(
-            send(args, "").iter().any(|m| m == "plain"),
-            "the plain path works"
-        );
-        let forged_mac = send(
-            args,
-            &format!("{learn} busybox ip link set eth0 address 02:11:22:33:44:55;"),
-        );
-        assert!(
-            forged_mac.is_empty(),
-            "{args:?}: a forged MAC reached the host: {forged_mac:?}"
-        );
-        // Not asserted yet: a forged source address sometimes reaches the host here (the
-        // bridge table's interface look-up misses for some frames; see the report).
-        let _ = send(
-            args,
-            &format!(
-                "{learn} busybox ip addr add 10.117.0.99/24 dev eth0; \
-                 busybox ip route replace 10.117.0.0/24 dev eth0 src 10.117.0.99;"
-            ),
-        );
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Shared tables at scale, conflicts, crashes
 
