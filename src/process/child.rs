@@ -126,6 +126,9 @@ pub(crate) struct Prepared {
     /// netbox's pid, for kernels without pidfds (only meaningful without a PID namespace).
     pub parent: libc::pid_t,
     pub net: ChildNet,
+    /// `net.ipv4.ping_group_range` for a new network namespace: every group (rootless: the
+    /// caller's, the only one its user namespace maps).
+    pub ping_groups: CString,
     /// The child is pid 1 of a new PID namespace: it mounts /proc and forks CMD.
     pub pid_namespace: bool,
     /// For each of resolv.conf and hosts: (source in the scratch tmpfs, target), when the
@@ -446,6 +449,7 @@ fn enter_network(p: &Prepared) -> Result<(), ()> {
                     other => other.map_err(at(Stage::NewNet))?,
                 }
                 loopback_up().map_err(at(Stage::Loopback))?;
+                allow_unprivileged_ping(p);
                 check(libc::unshare(flags)).map_err(at(Stage::MountNs))?;
             }
             ChildNet::Rootless { uid_map, gid_map } => {
@@ -454,10 +458,21 @@ fn enter_network(p: &Prepared) -> Result<(), ()> {
                 write_file(c"/proc/self/gid_map", gid_map.as_bytes()).map_err(at(Stage::IdMaps))?;
                 check(libc::unshare(libc::CLONE_NEWNET | flags)).map_err(at(Stage::MountNs))?;
                 loopback_up().map_err(at(Stage::Loopback))?;
+                allow_unprivileged_ping(p);
             }
         }
     }
     Ok(())
+}
+
+/// Lets every group of the sandbox's new network namespace open ICMP echo sockets, so that
+/// `ping` works without CAP_NET_RAW (which the default set leaves out), as podman does with
+/// `net.ipv4.ping_group_range`. The namespace is the sandbox's own; best effort.
+fn allow_unprivileged_ping(p: &Prepared) {
+    let _ = write_file(
+        c"/proc/sys/net/ipv4/ping_group_range",
+        p.ping_groups.as_bytes(),
+    );
 }
 
 /// Cuts the bounding set, switches user, and leaves CMD the capabilities of `p.caps`: a root

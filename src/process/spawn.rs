@@ -168,6 +168,12 @@ fn prepared(
     Ok(Prepared {
         parent_pidfd,
         parent: nix::unistd::getpid().as_raw(),
+        ping_groups: if rootless {
+            let gid = nix::unistd::getgid().as_raw();
+            cstr("ping groups", format!("{gid} {gid}").as_bytes())?
+        } else {
+            c"0 2147483647".into()
+        },
         net,
         pid_namespace: confinement.pid == PidMode::Private,
         targets: if spec.private_files {
