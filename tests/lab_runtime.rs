@@ -591,3 +591,56 @@ fn the_lab_record_is_listed_by_ls_and_a_dead_host_holder_is_cleaned_by_gc() {
     assert!(!Path::new("/run/netbox/labs/rt.json").exists());
     assert_eq!(labs("stale") + labs("live"), 0);
 }
+
+#[test]
+fn labs_too_large_for_the_kernel_or_the_descriptor_limit_are_refused_before_anything_is_built() {
+    if !harness::private_host(
+        "lab_runtime::labs_too_large_for_the_kernel_or_the_descriptor_limit_are_refused_before_anything_is_built",
+    ) {
+        return;
+    }
+    let nothing_built = || {
+        std::fs::read_dir("/run/netns")
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    };
+    // A bridge takes at most 1023 ports.
+    let mut big = String::from("[[switch]]\nname = \"sw\"\nsubnet = \"10.80.0.0/16\"\n");
+    for i in 0..1024 {
+        big.push_str(&format!(
+            "[[node]]\nname = \"n{i}\"\n[[link]]\na = \"n{i}\"\nb = \"sw\"\n"
+        ));
+    }
+    let err = Lab::build(
+        &Topology::from_toml(&big).expect("parses"),
+        &BuildOptions::default(),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("1023 ports"), "{err}");
+    assert!(nothing_built());
+    // More nodes than this process may hold descriptors for, and no right to raise the hard
+    // limit: refused with the limit.
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
+        caps::drop(None, set, caps::Capability::CAP_SYS_RESOURCE).expect("drop CAP_SYS_RESOURCE");
+    }
+    let limit = 300;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+        .expect("lower the limit");
+    let mut many = String::new();
+    for i in 0..200 {
+        many.push_str(&format!("[[node]]\nname = \"n{i}\"\n"));
+    }
+    let err = Lab::build(
+        &Topology::from_toml(&many).expect("parses"),
+        &BuildOptions::default(),
+    )
+    .err()
+    .expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("open descriptors") && text.contains("at most 300"),
+        "{text}"
+    );
+    assert!(nothing_built());
+}

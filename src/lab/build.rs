@@ -14,6 +14,9 @@ use crate::sys::netlink::{BridgeSpec, Link, Netlink, TbfSpec, VethSpec, VxlanSpe
 use crate::sys::netns;
 use crate::sys::sysctl;
 
+/// Links being built at once (each holds its node's namespace open meanwhile).
+const LINKS_AT_ONCE: usize = 256;
+
 /// Threads creating node namespaces.
 const NS_THREADS: usize = 4;
 
@@ -27,8 +30,34 @@ pub fn fabric_ns_name(lab: &str) -> String {
     format!("{lab}--fabric")
 }
 
+/// Descriptors a lab needs besides a netlink socket per node while it is built and its
+/// listeners (the runtime, stdio, the fabric, threads entering nodes).
+const SPARE_FDS: u64 = 256;
+
+/// Makes sure the lab's descriptors fit: raises the soft limit as far as the hard one allows,
+/// and refuses a lab that cannot fit before anything is made.
+fn ensure_descriptors(plan: &Plan) -> Result<()> {
+    let listeners: u64 = plan.nodes.iter().map(|n| n.listen.len() as u64).sum();
+    let want = plan.nodes.len() as u64 + 2 * listeners + LINKS_AT_ONCE as u64 + SPARE_FDS;
+    let (soft, hard) = crate::process::raise_open_files(want).map_err(|source| LabError::Io {
+        what: "raising the limit on open files".into(),
+        source,
+    })?;
+    if soft < want {
+        return Err(LabError::Invalid(format!(
+            "lab \"{}\": {} nodes need about {want} open descriptors (a netlink socket per node \
+             while building, a namespace handle and a socket per listener), but this process \
+             may open at most {hard} (ulimit -Hn): raise the hard limit or split the lab",
+            plan.name,
+            plan.nodes.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Builds the plan; on failure everything made so far is removed.
 pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
+    ensure_descriptors(&plan)?;
     for link in &plan.links {
         super::runtime::Props::of(link).check(&link.label())?;
     }
@@ -79,7 +108,9 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
         match result {
             Ok(ns) => {
                 lab.owned.push(ns_name);
-                lab.nodes.insert(node, ns);
+                // The named mount keeps it; the lab opens it again when asked.
+                drop(ns);
+                lab.nodes.insert(node, std::sync::OnceLock::new());
             }
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -95,8 +126,13 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
         ));
     }
     phase("namespaces created");
-    for node in &lab.plan.nodes {
-        let ns = lab.node(&node.name)?;
+    for node in lab
+        .plan
+        .nodes
+        .iter()
+        .filter(|n| n.router || !n.tun.is_empty() || !n.tap.is_empty())
+    {
+        let ns = lab.open_node(&node.name)?;
         for (dev, tap) in node
             .tun
             .iter()
@@ -156,8 +192,9 @@ async fn configure(lab: &Lab, options: &BuildOptions, start: std::time::Instant)
         fabric: Netlink::connect_in(fabric_ns)?,
         nodes: BTreeMap::new(),
     };
-    for (name, ns) in &lab.nodes {
-        conns.nodes.insert(name.clone(), Netlink::connect_in(ns)?);
+    for name in lab.nodes.keys() {
+        let ns = lab.open_node(name)?;
+        conns.nodes.insert(name.clone(), Netlink::connect_in(&ns)?);
     }
     let conns = conns;
     phase("netlink connected");
@@ -191,11 +228,12 @@ async fn configure(lab: &Lab, options: &BuildOptions, start: std::time::Instant)
     }
     // Links, concurrently.
     let total = plan.links.len();
-    let mut pending: FuturesUnordered<_> = plan
-        .links
-        .iter()
-        .map(|l| build_link(lab, &conns, &bridges, l))
-        .collect();
+    let mut pending = futures::stream::iter(
+        plan.links
+            .iter()
+            .map(|l| build_link(lab, &conns, &bridges, l)),
+    )
+    .buffer_unordered(LINKS_AT_ONCE);
     let mut done = 0;
     while let Some(r) = pending.next().await {
         r?;
@@ -206,7 +244,7 @@ async fn configure(lab: &Lab, options: &BuildOptions, start: std::time::Instant)
     }
     drop(pending);
     phase("links built");
-    fill_static_neighbors(&conns, plan).await?;
+    fill_static_neighbors(lab, &conns, plan).await?;
     phase("neighbours filled");
     // Devices and routes, node by node.
     for node in &plan.nodes {
@@ -242,7 +280,11 @@ async fn configure(lab: &Lab, options: &BuildOptions, start: std::time::Instant)
                 conn.add_address(&link, addr).await?;
             }
         }
-        let addrs = plan.addresses_of(&node.name);
+        let addrs = if node.routes.is_empty() {
+            vec![]
+        } else {
+            plan.addresses_of(&node.name)
+        };
         for route in &node.routes {
             let dev = match (&route.dev, route.via) {
                 (Some(d), _) => d.clone(),
@@ -277,11 +319,23 @@ async fn configure(lab: &Lab, options: &BuildOptions, start: std::time::Instant)
     Ok(())
 }
 
-/// On static-ARP switches: every member node learns every other member's (fixed) MAC.
-async fn fill_static_neighbors(conns: &Conns, plan: &Plan) -> Result<()> {
-    let mut adds = FuturesUnordered::new();
+/// Threads writing permanent neighbour entries (each enters one node at a time).
+const NEIGH_THREADS: usize = 4;
+
+/// On static-ARP switches: each member node learns the (fixed) MACs of the members it talks
+/// to because of the file, and of those that talk to it ([`Plan::talkers`]), or with
+/// `static_arp = "all"` of every other member. A pair the file does not make talk resolves by
+/// ARP as usual: installing every pair costs n * (n - 1) kernel entries (a million at 1,000
+/// nodes, several seconds under the kernel's neighbour lock) where the file needs a few per
+/// node. The entries go in batches over one plain socket per node (see
+/// [`crate::sys::netlink::add_permanent_neighbors_batch`]).
+async fn fill_static_neighbors(lab: &Lab, conns: &Conns, plan: &Plan) -> Result<()> {
+    // Per member: (node, its interface index), and every member's (address, MAC).
+    type Peers = std::sync::Arc<Vec<(IpAddr, [u8; 6])>>;
+    let mut jobs: Vec<(&str, u32, IpAddr, Peers)> = vec![];
+    let talkers = plan.talkers();
     for sw in plan.switches.iter().filter(|s| s.static_arp) {
-        let members: Vec<(&str, &str, IpAddr, Option<[u8; 6]>)> = plan
+        let members: Vec<(&str, &str, IpAddr, [u8; 6])> = plan
             .links
             .iter()
             .filter_map(|l| match (&l.a, &l.b) {
@@ -292,31 +346,83 @@ async fn fill_static_neighbors(conns: &Conns, plan: &Plan) -> Result<()> {
                         node.as_str(),
                         iface.name.as_str(),
                         iface.address?.ip(),
-                        iface.mac,
+                        iface.mac?,
                     ))
                 }
                 _ => None,
             })
             .collect();
-        for (node, ifname, _, _) in &members {
-            let conn = conns.node(node)?.clone();
-            let link = must_link(&conn, ifname).await?;
-            for (other, _, ip, mac) in &members {
-                if other == node {
-                    continue;
+        let all: Peers = std::sync::Arc::new(
+            members
+                .iter()
+                .map(|(_, _, ip, mac)| (*ip, *mac))
+                .collect::<Vec<_>>(),
+        );
+        // Who talks to whom on this switch, both ways (a reply needs the asker's MAC too).
+        let mut pairs: Vec<std::collections::BTreeSet<usize>> =
+            vec![Default::default(); members.len()];
+        if !sw.static_arp_all {
+            let by_ip: BTreeMap<IpAddr, usize> =
+                members.iter().enumerate().map(|(i, m)| (m.2, i)).collect();
+            for (x, m) in members.iter().enumerate() {
+                for t in talkers.get(m.0).into_iter().flatten() {
+                    if let Some(&y) = by_ip.get(t) {
+                        if y != x {
+                            pairs[x].insert(y);
+                            pairs[y].insert(x);
+                        }
+                    }
                 }
-                let Some(mac) = *mac else {
-                    continue;
-                };
-                let (conn, link, ip) = (conn.clone(), link.clone(), *ip);
-                adds.push(async move { conn.add_permanent_neighbor(&link, ip, mac).await });
             }
         }
+        for (x, (node, ifname, own, _)) in members.iter().enumerate() {
+            let peers = if sw.static_arp_all {
+                all.clone()
+            } else if pairs[x].is_empty() {
+                continue;
+            } else {
+                std::sync::Arc::new(pairs[x].iter().map(|y| all[*y]).collect())
+            };
+            let link = must_link(conns.node(node)?, ifname).await?;
+            jobs.push((node, link.index, *own, peers));
+        }
     }
-    while let Some(r) = adds.next().await {
-        r?;
-    }
-    Ok(())
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..NEIGH_THREADS.min(jobs.len()))
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((node, index, own, peers)) = jobs.get(i) else {
+                            return Ok(());
+                        };
+                        let (index, own, peers) = (*index, *own, peers.clone());
+                        lab.open_node(node)?.run_in(move || {
+                            crate::sys::netlink::add_permanent_neighbors_batch(
+                                peers.iter().filter(|(ip, _)| *ip != own).map(|(ip, mac)| {
+                                    crate::sys::netlink::NeighborEntry {
+                                        index,
+                                        ip: *ip,
+                                        mac: *mac,
+                                    }
+                                }),
+                            )
+                        })??;
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    Err(LabError::Invalid("a neighbour thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect()
 }
 
 async fn must_link(conn: &Netlink, name: &str) -> Result<Link> {
@@ -339,7 +445,9 @@ async fn build_link(
         return Err(LabError::Invalid("link end a is not a node".into()));
     };
     let a_conn = conns.node(a_node)?;
-    let a_ns = lab.node(a_node)?;
+    // Opened for this link alone: links are built LINKS_AT_ONCE at a time, so a large lab
+    // holds few such descriptors at once.
+    let a_ns = &lab.open_node(a_node)?;
     // The end created "here" and the peer born in the a node.
     let (here, here_link) = match &link.b {
         EndPlan::Switch { switch, port } => {

@@ -59,6 +59,7 @@ pub struct NodeSummary {
 
 impl Summary {
     pub fn of(plan: &Plan, build_ms: f64) -> Summary {
+        let book = plan.address_book();
         Summary {
             name: plan.name.clone(),
             nodes: plan
@@ -67,9 +68,10 @@ impl Summary {
                 .map(|n| NodeSummary {
                     name: n.name.clone(),
                     router: n.router,
-                    addresses: plan
-                        .addresses_of(&n.name)
+                    addresses: book
+                        .get(n.name.as_str())
                         .into_iter()
+                        .flatten()
                         .map(|(i, a)| format!("{i} {a}"))
                         .collect(),
                 })

@@ -97,7 +97,9 @@ pub struct BuildOptions {
 /// (with them every veth, bridge, VXLAN and TUN device of the lab).
 pub struct Lab {
     plan: Plan,
-    nodes: BTreeMap<String, NetNs>,
+    /// Node namespaces, opened when first asked for (a lab of 10,000 nodes keeps no
+    /// descriptor for a node nobody uses; the named mount keeps the namespace alive).
+    nodes: BTreeMap<String, std::sync::OnceLock<NetNs>>,
     fabric: Option<NetNs>,
     services: Mutex<services::Services>,
     runtime: Mutex<runtime::Runtime>,
@@ -131,11 +133,30 @@ impl Lab {
 
     /// The namespace of a node.
     pub fn node(&self, name: &str) -> Result<&NetNs> {
-        self.nodes.get(name).ok_or_else(|| LabError::Unknown {
+        let cell = self.nodes.get(name).ok_or_else(|| LabError::Unknown {
             what: "node",
             name: name.to_string(),
             context: format!("lab \"{}\"", self.plan.name),
-        })
+        })?;
+        if let Some(ns) = cell.get() {
+            return Ok(ns);
+        }
+        let _ = cell.set(self.open_node(name)?);
+        cell.get()
+            .ok_or_else(|| LabError::Invalid(format!("opening node \"{name}\"")))
+    }
+
+    /// A node's namespace, opened for the caller alone (not kept by the lab).
+    fn open_node(&self, name: &str) -> Result<NetNs> {
+        if !self.nodes.contains_key(name) {
+            return Err(LabError::Unknown {
+                what: "node",
+                name: name.to_string(),
+                context: format!("lab \"{}\"", self.plan.name),
+            });
+        }
+        let path = netns::named_path(&build::node_ns_name(&self.plan.name, name));
+        Ok(NetNs::open(&path)?)
     }
 
     /// The fabric namespace holding the lab's top-level switches.

@@ -27,7 +27,7 @@ mod user;
 pub use capabilities::{CapName, DEFAULT_CAPS};
 pub use on_exec::{
     enter_namespaces_on_exec, hosts_file_on_exec, new_session_on_exec, private_host_on_exec,
-    try_user_namespace,
+    raise_open_files, try_user_namespace,
 };
 pub use signals::{block_forwarded_signals, take_pending_signal, Sandboxed, FORWARDED};
 pub use spawn::{prepare, Pending, PrivateFiles};

@@ -138,3 +138,20 @@ pub fn hosts_file_on_exec(cmd: &mut std::process::Command, content: std::sync::A
         });
     }
 }
+
+/// Raises this process's limit on open descriptors to `want` (labs open one per node while
+/// building): the soft limit up to the hard one, and the hard one too where the process may
+/// (CAP_SYS_RESOURCE, up to fs.nr_open); returns the soft and hard limits now in force.
+pub fn raise_open_files(want: u64) -> io::Result<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    if want <= soft {
+        return Ok((soft, hard));
+    }
+    if want > hard && setrlimit(Resource::RLIMIT_NOFILE, want, want).is_ok() {
+        return Ok((want, want));
+    }
+    let target = want.min(hard);
+    setrlimit(Resource::RLIMIT_NOFILE, target, hard).map_err(io::Error::from)?;
+    Ok((target, hard))
+}

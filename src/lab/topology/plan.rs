@@ -173,6 +173,8 @@ pub struct NodePlan {
 pub struct SwitchPlan {
     pub name: String,
     pub static_arp: bool,
+    /// Entries for every pair of members, not only those the file makes talk.
+    pub static_arp_all: bool,
     pub node: Option<String>,
     pub subnet: IpNetwork,
     pub address: Option<IpNetwork>,
@@ -236,6 +238,47 @@ pub struct StepPlan {
 }
 
 impl Plan {
+    /// Every node's addresses as [`Plan::addresses_of`] gives them, in one pass over the links
+    /// (asking node by node costs a pass per node: quadratic in large labs).
+    pub fn address_book(&self) -> std::collections::BTreeMap<&str, Vec<(String, IpNetwork)>> {
+        let mut book: std::collections::BTreeMap<&str, Vec<(String, IpNetwork)>> = self
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), vec![]))
+            .collect();
+        for link in &self.links {
+            for end in [&link.a, &link.b] {
+                if let EndPlan::Node { node, iface } = end {
+                    if let (Some(list), Some(a)) = (book.get_mut(node.as_str()), iface.address) {
+                        list.push((iface.name.clone(), a));
+                    }
+                }
+            }
+        }
+        for sw in &self.switches {
+            if let (Some(n), Some(a)) = (&sw.node, sw.address) {
+                if let Some(list) = book.get_mut(n.as_str()) {
+                    list.push((sw.name.clone(), a));
+                }
+            }
+        }
+        for n in &self.nodes {
+            if let Some(list) = book.get_mut(n.name.as_str()) {
+                for v in &n.vxlan {
+                    if let Some(a) = v.0.address {
+                        list.push((v.0.name.clone(), a));
+                    }
+                }
+                for t in n.tun.iter().chain(&n.tap) {
+                    if let Some(a) = t.address {
+                        list.push((t.name.clone(), a));
+                    }
+                }
+            }
+        }
+        book
+    }
+
     /// Addresses of a node, per interface, in link order.
     pub fn addresses_of(&self, node: &str) -> Vec<(String, IpNetwork)> {
         let mut out = vec![];
@@ -313,6 +356,26 @@ impl Plan {
         }
     }
 
+    /// The addresses each node sends to because of the file: its checks' targets (the file's
+    /// and the timeline's), its gateways and its VXLAN remotes.
+    pub fn talkers(&self) -> std::collections::BTreeMap<&str, std::collections::BTreeSet<IpAddr>> {
+        let mut out: std::collections::BTreeMap<&str, std::collections::BTreeSet<IpAddr>> =
+            Default::default();
+        let checks = self
+            .checks
+            .iter()
+            .chain(self.steps.iter().flat_map(|s| s.checks.iter()));
+        for c in checks.filter(|c| !matches!(c.probe, Probe::Exec { .. })) {
+            out.entry(c.from.as_str()).or_default().insert(c.addr);
+        }
+        for n in &self.nodes {
+            let set = out.entry(n.name.as_str()).or_default();
+            set.extend(n.routes.iter().filter_map(|r| r.via));
+            set.extend(n.vxlan.iter().map(|(_, remote)| IpAddr::V4(*remote)));
+        }
+        out
+    }
+
     /// The node holding `ip` on one of its interfaces.
     pub fn node_with_address(&self, ip: IpAddr) -> Option<&str> {
         self.nodes
@@ -336,8 +399,9 @@ impl Plan {
     pub fn hosts(&self) -> String {
         let mut out =
             String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        let book = self.address_book();
         for n in &self.nodes {
-            if let Some((_, a)) = self.addresses_of(&n.name).first() {
+            if let Some((_, a)) = book.get(n.name.as_str()).and_then(|l| l.first()) {
                 out.push_str(&format!(
                     "{}\t{}\t{}.{}\n",
                     a.ip(),

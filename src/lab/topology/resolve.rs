@@ -20,6 +20,9 @@ use super::units::{parse_duration, parse_percent, parse_rate};
 use super::{Result, DEFAULT_POOL};
 use crate::lab::LabError;
 
+/// Ports a Linux bridge takes (BR_MAX_PORTS, port number 0 unused).
+pub const MAX_SWITCH_PORTS: usize = 1023;
+
 /// Validates a topology and resolves names, interfaces and addresses.
 pub fn resolve(topo: &Topology) -> Result<Plan> {
     let name = topo.name().to_string();
@@ -200,7 +203,8 @@ impl LinkResolver<'_> {
             self.switch_pools.insert(s.name.clone(), pool);
             switches.push(SwitchPlan {
                 name: s.name.clone(),
-                static_arp: s.static_arp,
+                static_arp: s.static_arp != super::schema::StaticArp::Off,
+                static_arp_all: s.static_arp == super::schema::StaticArp::All,
                 node: s.node.clone(),
                 subnet,
                 address: s.address,
@@ -291,6 +295,13 @@ impl LinkResolver<'_> {
                 .ok_or(LabError::PoolExhausted { pool: pool.subnet })?,
         };
         let n = self.port_counts.entry(sw.clone()).or_default();
+        if *n >= MAX_SWITCH_PORTS {
+            return Err(LabError::Invalid(format!(
+                "{ctx}: switch \"{sw}\" would get more than {MAX_SWITCH_PORTS} ports, the most a \
+                 Linux bridge takes (its port numbers have 10 bits): split the nodes over \
+                 several switches"
+            )));
+        }
         let port = format!("{sw}.{n}");
         *n += 1;
         Ok((Some(addr), EndPlan::Switch { switch: sw, port }))

@@ -108,11 +108,48 @@ pub struct SwitchSpec {
     /// Address of the bridge itself (only for a switch inside a node).
     #[serde(default)]
     pub address: Option<IpNetwork>,
-    /// Give the ports fixed MACs and every node permanent neighbour entries for the others, so
-    /// no ARP is needed. For large switches: the kernel's neighbour table holds 1024 learned
-    /// entries for the whole host (gc_thresh3), and 50 nodes that all talk need 2450.
+    /// Give the ports fixed MACs and the nodes permanent neighbour entries, so no ARP is
+    /// needed: `true` for every pair of members that the file's checks, routes and VXLAN
+    /// remotes make talk (both ways), `"all"` for every pair (n * (n - 1) entries). For large
+    /// switches: the kernel's neighbour table holds 1024 learned entries for the whole host
+    /// (gc_thresh3), and 50 nodes that all talk need 2450.
     #[serde(default)]
-    pub static_arp: bool,
+    pub static_arp: StaticArp,
+}
+
+/// Which permanent neighbour entries a static-ARP switch gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StaticArp {
+    #[default]
+    Off,
+    /// Pairs the file makes talk.
+    Needed,
+    /// Every pair.
+    All,
+}
+
+impl<'de> Deserialize<'de> for StaticArp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(false) => Ok(StaticArp::Off),
+            Raw::Flag(true) => Ok(StaticArp::Needed),
+            Raw::Word(w) => match w.as_str() {
+                "off" => Ok(StaticArp::Off),
+                "needed" => Ok(StaticArp::Needed),
+                "all" => Ok(StaticArp::All),
+                other => Err(serde::de::Error::custom(format!(
+                    "static_arp {other:?} is not true, false, \"needed\" or \"all\""
+                ))),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -30,6 +30,7 @@ mod bridge_vlan;
 mod neigh;
 mod tc;
 mod vxlan;
+pub use neigh::{add_permanent_neighbors_batch, NeighborEntry};
 pub use tc::{NetemSpec, TbfSpec};
 pub use vxlan::VxlanSpec;
 
