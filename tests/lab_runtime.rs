@@ -644,3 +644,80 @@ fn labs_too_large_for_the_kernel_or_the_descriptor_limit_are_refused_before_anyt
     );
     assert!(nothing_built());
 }
+
+/// Permanent neighbour entries in `node`, per `ip -j neigh`.
+fn permanent_neighbours(lab: &Lab, node: &str) -> usize {
+    let out = lab
+        .exec(node, "ip", &["-j", "neigh", "show", "nud", "permanent"])
+        .expect("ip");
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .map(|v| v.as_array().map(Vec::len).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+#[test]
+fn static_arp_installs_the_pairs_the_file_makes_talk_or_every_pair() {
+    if !harness::private_host(
+        "lab_runtime::static_arp_installs_the_pairs_the_file_makes_talk_or_every_pair",
+    ) {
+        return;
+    }
+    let text = r#"
+        [[switch]]
+        name = "sw"
+        subnet = "10.90.0.0/24"
+        static_arp = true
+        [[node]]
+        name = "a"
+        [[node]]
+        name = "b"
+        listen = ["tcp:80"]
+        [[node]]
+        name = "c"
+        [[node]]
+        name = "d"
+        [[link]]
+        a = "a"
+        b = "sw"
+        [[link]]
+        a = "b"
+        b = "sw"
+        [[link]]
+        a = "c"
+        b = "sw"
+        [[link]]
+        a = "d"
+        b = "sw"
+        [[check]]
+        from = "a"
+        to = "b"
+        tcp = 80
+    "#;
+    let lab = Lab::build(
+        &Topology::from_toml(text).expect("parses"),
+        &BuildOptions::default(),
+    )
+    .expect("lab up");
+    // a talks to b (and b answers a); c and d are left to ARP.
+    let counts: Vec<usize> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| permanent_neighbours(&lab, n))
+        .collect();
+    assert_eq!(counts, [1, 1, 0, 0]);
+    assert!(lab.check().expect("checks")[0].passed);
+    drop(lab);
+    harness::eventually("namespaces gone", || {
+        std::fs::read_dir("/run/netns")
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    });
+    let lab = Lab::build(
+        &Topology::from_toml(&text.replace("static_arp = true", "static_arp = \"all\""))
+            .expect("parses"),
+        &BuildOptions::default(),
+    )
+    .expect("lab up");
+    for n in ["a", "b", "c", "d"] {
+        assert_eq!(permanent_neighbours(&lab, n), 3, "{n}");
+    }
+}
