@@ -146,13 +146,7 @@ pub fn build(plan: Plan, options: &BuildOptions) -> Result<Lab> {
             ns.run_in(enable_forwarding)??;
         }
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| LabError::Io {
-            what: "starting the netlink runtime".into(),
-            source,
-        })?;
+    let rt = crate::sys::runtime::current_thread()?;
     phase("devices and forwarding");
     rt.block_on(configure(&lab, options, start))?;
     drop(rt);

@@ -336,13 +336,7 @@ impl Runtime {
         let switches: BTreeSet<String> = rules.keys().cloned().collect();
         let stale: Vec<String> = self.partitioned.difference(&switches).cloned().collect();
         let mut conns = Conns::default();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| LabError::Io {
-                what: "starting the netlink runtime".into(),
-                source,
-            })?;
+        let rt = crate::sys::runtime::current_thread()?;
         // Connections register with the runtime's reactor when made.
         let _entered = rt.enter();
         // Netlink first (links and qdiscs), one connection per namespace touched.

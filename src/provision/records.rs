@@ -174,14 +174,19 @@ impl Record {
     /// Writes the record whole under a temporary name in its directory (opened without
     /// following links); a write that fails (a full disk) leaves nothing.
     fn write_tmp(&self) -> Result<(Dir, String)> {
-        let dir = open_kind_dir(self.kind)?;
-        let tmp = format!(".tmp.{}.{}", std::process::id(), file_name(&self.path()));
-        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
-        let _ = dir.unlink(&tmp);
-        dir.write_new(&tmp, &text, 0o644)
-            .map_err(io_err(format!("writing {}", dir.join(&tmp).display())))?;
-        Ok((dir, tmp))
+        write_tmp(open_kind_dir(self.kind)?, &file_name(&self.path()), self)
     }
+}
+
+/// Writes `value` whole under a temporary name beside `file` in `dir`; a write that fails (a
+/// full disk) leaves nothing.
+fn write_tmp(dir: Dir, file: &str, value: &impl Serialize) -> Result<(Dir, String)> {
+    let tmp = format!(".tmp.{}.{file}", std::process::id());
+    let text = serde_json::to_vec_pretty(value).map_err(|e| Error::Config(e.to_string()))?;
+    let _ = dir.unlink(&tmp);
+    dir.write_new(&tmp, &text, 0o644)
+        .map_err(io_err(format!("writing {}", dir.join(&tmp).display())))?;
+    Ok((dir, tmp))
 }
 
 fn remove_file(path: &Path) -> Result<()> {
@@ -373,13 +378,7 @@ impl LabRecord {
 
     /// Writes the record whole under a temporary name beside it.
     fn write_tmp(&self) -> Result<(Dir, String)> {
-        let dir = open_lab_dir()?;
-        let tmp = format!(".tmp.{}.{}", std::process::id(), self.file_name());
-        let text = serde_json::to_vec_pretty(self).map_err(|e| Error::Config(e.to_string()))?;
-        let _ = dir.unlink(&tmp);
-        dir.write_new(&tmp, &text, 0o644)
-            .map_err(io_err(format!("writing {}", dir.join(&tmp).display())))?;
-        Ok((dir, tmp))
+        write_tmp(open_lab_dir()?, &self.file_name(), self)
     }
 
     /// Creates the record; `Ok(false)` when the lab has one already.

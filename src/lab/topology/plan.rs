@@ -238,42 +238,49 @@ pub struct StepPlan {
 }
 
 impl Plan {
-    /// Every node's addresses as [`Plan::addresses_of`] gives them, in one pass over the links
-    /// (asking node by node costs a pass per node: quadratic in large labs).
+    /// Every interface address of the lab as (node, interface, address): links in order,
+    /// then switches living in nodes, then VXLAN, TUN and TAP devices.
+    fn address_entries(&self) -> impl Iterator<Item = (&str, &str, IpNetwork)> {
+        let links = self
+            .links
+            .iter()
+            .flat_map(|l| [&l.a, &l.b])
+            .filter_map(|e| match e {
+                EndPlan::Node { node, iface } => {
+                    Some((node.as_str(), iface.name.as_str(), iface.address?))
+                }
+                EndPlan::Switch { .. } => None,
+            });
+        let bridges = self
+            .switches
+            .iter()
+            .filter_map(|s| Some((s.node.as_deref()?, s.name.as_str(), s.address?)));
+        let devices = self.nodes.iter().flat_map(|n| {
+            let vx = n
+                .vxlan
+                .iter()
+                .filter_map(|v| Some((v.0.name.as_str(), v.0.address?)));
+            let tun = n
+                .tun
+                .iter()
+                .chain(&n.tap)
+                .filter_map(|t| Some((t.name.as_str(), t.address?)));
+            vx.chain(tun).map(|(i, a)| (n.name.as_str(), i, a))
+        });
+        links.chain(bridges).chain(devices)
+    }
+
+    /// Every node's addresses as [`Plan::addresses_of`] gives them, in one pass (asking node by
+    /// node costs a pass per node: quadratic in large labs).
     pub fn address_book(&self) -> std::collections::BTreeMap<&str, Vec<(String, IpNetwork)>> {
         let mut book: std::collections::BTreeMap<&str, Vec<(String, IpNetwork)>> = self
             .nodes
             .iter()
             .map(|n| (n.name.as_str(), vec![]))
             .collect();
-        for link in &self.links {
-            for end in [&link.a, &link.b] {
-                if let EndPlan::Node { node, iface } = end {
-                    if let (Some(list), Some(a)) = (book.get_mut(node.as_str()), iface.address) {
-                        list.push((iface.name.clone(), a));
-                    }
-                }
-            }
-        }
-        for sw in &self.switches {
-            if let (Some(n), Some(a)) = (&sw.node, sw.address) {
-                if let Some(list) = book.get_mut(n.as_str()) {
-                    list.push((sw.name.clone(), a));
-                }
-            }
-        }
-        for n in &self.nodes {
-            if let Some(list) = book.get_mut(n.name.as_str()) {
-                for v in &n.vxlan {
-                    if let Some(a) = v.0.address {
-                        list.push((v.0.name.clone(), a));
-                    }
-                }
-                for t in n.tun.iter().chain(&n.tap) {
-                    if let Some(a) = t.address {
-                        list.push((t.name.clone(), a));
-                    }
-                }
+        for (node, iface, a) in self.address_entries() {
+            if let Some(list) = book.get_mut(node) {
+                list.push((iface.to_string(), a));
             }
         }
         book
@@ -281,38 +288,10 @@ impl Plan {
 
     /// Addresses of a node, per interface, in link order.
     pub fn addresses_of(&self, node: &str) -> Vec<(String, IpNetwork)> {
-        let mut out = vec![];
-        for link in &self.links {
-            for end in [&link.a, &link.b] {
-                if let EndPlan::Node { node: n, iface } = end {
-                    if n == node {
-                        if let Some(a) = iface.address {
-                            out.push((iface.name.clone(), a));
-                        }
-                    }
-                }
-            }
-        }
-        for sw in &self.switches {
-            if sw.node.as_deref() == Some(node) {
-                if let Some(a) = sw.address {
-                    out.push((sw.name.clone(), a));
-                }
-            }
-        }
-        if let Some(n) = self.nodes.iter().find(|n| n.name == node) {
-            for v in &n.vxlan {
-                if let Some(a) = v.0.address {
-                    out.push((v.0.name.clone(), a));
-                }
-            }
-            for t in n.tun.iter().chain(&n.tap) {
-                if let Some(a) = t.address {
-                    out.push((t.name.clone(), a));
-                }
-            }
-        }
-        out
+        self.address_entries()
+            .filter(|(n, _, _)| *n == node)
+            .map(|(_, i, a)| (i.to_string(), a))
+            .collect()
     }
 
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
@@ -427,17 +406,6 @@ impl LinkPlan {
             EndPlan::Node { node, .. } => Some(node.as_str()),
             EndPlan::Switch { .. } => None,
         })
-    }
-}
-
-/// The fixed MAC of a port with this IPv4 address on a static-ARP switch: 02:6c:A:B:C:D.
-pub fn static_mac(ip: IpAddr) -> Option<[u8; 6]> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            Some([0x02, 0x6c, o[0], o[1], o[2], o[3]])
-        }
-        IpAddr::V6(_) => None,
     }
 }
 
