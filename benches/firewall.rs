@@ -180,12 +180,19 @@ fn at_scale(n: usize, netbox_bin: &str, ports: &Value) {
     let plain = netbox_conf("plain", "nbplain0", "10.123.0.0/16", false, ports);
     // [level][add, del], then plain add/del in the empty level.
     let mut times: Vec<[Vec<Duration>; 2]> = vec![Default::default(); 4];
+    // Each cycle: the firewalled ADD/DEL at every level and the plain one, in an order rotated
+    // by one each cycle (the kernel still tears down the previous DEL's veth while the next
+    // operation runs: no slot may always come right after the same one).
+    let mut slots: Vec<(usize, &NetNs, u32, &Value)> = levels
+        .iter()
+        .enumerate()
+        .map(|(li, (count, ns))| (li, ns, *count, &fw))
+        .collect();
+    slots.push((3, &levels[0].1, 0, &plain));
     for i in 0..=n {
-        for (li, (count, ns)) in levels.iter().enumerate() {
-            for (slot, conf) in [(li, &fw), (3, &plain)] {
-                if slot == 3 && *count != 0 {
-                    continue;
-                }
+        slots.rotate_left(1);
+        for &(slot, ns, count, conf) in &slots {
+            {
                 let id = format!("s{count}-{slot}-{i}");
                 let path = netns(&id);
                 let (add, del) = ns
@@ -324,7 +331,16 @@ fn per_packet(netbox_bin: &str) {
                     let start = Instant::now();
                     let mut count = 0u32;
                     while start.elapsed() < Duration::from_secs(1) {
-                        if std::net::TcpStream::connect(target).is_ok() {
+                        if let Ok(conn) = std::net::TcpStream::connect(target) {
+                            // Closed with a reset: no TIME_WAIT piling up over the rounds.
+                            let _ = nix::sys::socket::setsockopt(
+                                &conn,
+                                nix::sys::socket::sockopt::Linger,
+                                &libc::linger {
+                                    l_onoff: 1,
+                                    l_linger: 0,
+                                },
+                            );
                             count += 1;
                         }
                     }

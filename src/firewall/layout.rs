@@ -28,7 +28,9 @@ pub const RUNS: &str = "runs";
 
 /// The shared tables, their sets and base chains. Priorities: NAT at dstnat (-100) and srcnat
 /// (100), routed filtering at filter (0), frames at the bridge family's filter (-200), before
-/// any bridging decision.
+/// any bridging decision. Hairpin (a neighbour reaching a published port through the host) is
+/// decided in forward, where the incoming bridge is known, and carried to the NAT postrouting
+/// chain, where it is not, by packet mark bit 0x02000000 on the connection's first packet.
 pub fn skeleton(family: Family) -> &'static str {
     match family {
         Family::Inet => INET,
@@ -44,10 +46,11 @@ table inet netbox {
 	map dnat6any { type inet_proto . inet_service : ipv6_addr . inet_service; }
 	set masq4 { type ipv4_addr; }
 	set masq6 { type ipv6_addr; }
-	set local4 { type ipv4_addr . ipv4_addr; flags interval; }
-	set local6 { type ipv6_addr . ipv6_addr; flags interval; }
-	set hairpin4 { type ipv4_addr . ipv4_addr; flags interval; }
-	set hairpin6 { type ipv6_addr . ipv6_addr; flags interval; }
+	set local4 { type ipv4_addr . ifname; }
+	set local6 { type ipv6_addr . ifname; }
+	set hairpin4 { type ipv4_addr . ifname; }
+	set hairpin6 { type ipv6_addr . ifname; }
+	set published4 { type ipv4_addr; }
 	set guard4 { type ipv4_addr . ifname; }
 	set guard6 { type ipv6_addr . ifname; }
 	set hostblock4 { type ipv4_addr . ifname; }
@@ -69,14 +72,16 @@ table inet netbox {
 	}
 	chain postrouting {
 		type nat hook postrouting priority 100; policy accept;
-		ip saddr @masq4 ip daddr != 224.0.0.0/4 ip saddr . ip daddr != @local4 masquerade
-		ip6 saddr @masq6 ip6 daddr != ff00::/8 ip6 saddr . ip6 daddr != @local6 masquerade
-		ct status dnat ip daddr . ip saddr @hairpin4 masquerade
-		ct status dnat ip6 daddr . ip6 saddr @hairpin6 masquerade
+		ip saddr @masq4 ip daddr != 224.0.0.0/4 ip saddr . oifname != @local4 masquerade
+		ip6 saddr @masq6 ip6 daddr != ff00::/8 ip6 saddr . oifname != @local6 masquerade
+		ct status dnat meta mark & 0x02000000 == 0x02000000 masquerade
+		ct status dnat ip saddr 127.0.0.0/8 ip daddr @published4 masquerade
 	}
 	chain forward {
 		type filter hook forward priority 0; policy accept;
 		ct state != new return
+		ct status dnat ip daddr . iifname @hairpin4 meta mark set meta mark | 0x02000000 return
+		ct status dnat ip6 daddr . iifname @hairpin6 meta mark set meta mark | 0x02000000 return
 		ct status dnat return
 		ip daddr . oifname @guard4 ip daddr . iifname != @guard4 drop
 		ip6 daddr . oifname @guard6 ip6 daddr . iifname != @guard6 drop
@@ -172,35 +177,26 @@ fn element(family: Family, set: &'static str, key: Key) -> Element {
     }
 }
 
-/// `addr . net`: the address and the range of `range` (a subnet or 127.0.0.0/8).
-fn addr_range(set: &'static str, addr: IpAddr, range: IpNetwork) -> Element {
-    Element {
-        key_end: Some(Key::new().ip(addr).ip(range.broadcast()).0),
-        ..element(Family::Inet, set, Key::new().ip(addr).ip(range.network()))
-    }
-}
-
 /// Every element `spec` adds to the shared tables.
 pub fn elements(spec: &FirewallSpec) -> Result<Vec<Element>, FirewallError> {
     let mut out = Vec::new();
     let inet = Family::Inet;
     for addr in &spec.addresses {
         let (ip, v4) = (addr.ip(), addr.is_ipv4());
-        let net = IpNetwork::new(addr.network(), addr.prefix())
-            .map_err(|e| FirewallError::Config(e.to_string()))?;
+        // Hash keys only: an interval set (pipapo) costs O(elements) per deletion.
+        let on_bridge = || Key::new().ip(ip).ifname(&spec.bridge);
         if spec.masquerade {
+            // Traffic leaving through its own bridge stays on its network: not masqueraded.
             out.push(element(inet, v(v4, "masq4", "masq6"), Key::new().ip(ip)));
-            out.push(addr_range(v(v4, "local4", "local6"), ip, net));
+            out.push(element(inet, v(v4, "local4", "local6"), on_bridge()));
         }
         if !spec.ports.is_empty() {
-            // Hairpin (a neighbour reaching the published port through the host) and, for
-            // IPv4, localhost sources (routable thanks to route_localnet): the reply must come
-            // back through the host, so the source becomes the host's.
-            out.push(addr_range(v(v4, "hairpin4", "hairpin6"), ip, net));
+            // Hairpin (a neighbour on the bridge reaching the published port through the host)
+            // and, for IPv4, localhost sources (routable thanks to route_localnet): the reply
+            // must come back through the host, so the source becomes the host's.
+            out.push(element(inet, v(v4, "hairpin4", "hairpin6"), on_bridge()));
             if v4 {
-                let lo = IpNetwork::new([127, 0, 0, 0].into(), 8)
-                    .map_err(|e| FirewallError::Config(e.to_string()))?;
-                out.push(addr_range("hairpin4", ip, lo));
+                out.push(element(inet, "published4", Key::new().ip(ip)));
             }
         }
         if spec.isolate_networks {
@@ -327,7 +323,7 @@ pub fn parse_record(comment: &str) -> Option<Element> {
 }
 
 /// Every set of the layout, by family.
-const SETS: [(Family, &str); 22] = [
+const SETS: [(Family, &str); 23] = [
     (Family::Inet, "dnat4"),
     (Family::Inet, "dnat4any"),
     (Family::Inet, "dnat6"),
@@ -338,6 +334,7 @@ const SETS: [(Family, &str); 22] = [
     (Family::Inet, "local6"),
     (Family::Inet, "hairpin4"),
     (Family::Inet, "hairpin6"),
+    (Family::Inet, "published4"),
     (Family::Inet, "guard4"),
     (Family::Inet, "guard6"),
     (Family::Inet, "hostblock4"),
@@ -383,7 +380,7 @@ pub fn describe(e: &Element) -> String {
         "dnat6any" => format!("[::]:{}", port(k)),
         "dnat4" => format!("{}:{}", ip4(k), port(k.get(4..).unwrap_or(&[]))),
         "dnat6" => format!("{}:{}", ip6(k), port(k.get(16..).unwrap_or(&[]))),
-        "masq4" | "local4" | "hairpin4" | "guard4" | "hostblock4" => {
+        "masq4" | "local4" | "hairpin4" | "published4" | "guard4" | "hostblock4" => {
             format!("address {} ({})", ip4(k), e.set)
         }
         "masq6" | "local6" | "hairpin6" | "guard6" | "hostblock6" => {
@@ -432,8 +429,19 @@ mod tests {
         assert_eq!(
             sets,
             [
-                "hairpin4", "hairpin4", "hairpin6", "dnat4any", "dnat6any", "macports", "macs",
-                "ip4ports", "ip4s", "ip6ports", "ip6s", "isolated", "runs"
+                "hairpin4",
+                "published4",
+                "hairpin6",
+                "dnat4any",
+                "dnat6any",
+                "macports",
+                "macs",
+                "ip4ports",
+                "ip4s",
+                "ip6ports",
+                "ip6s",
+                "isolated",
+                "runs"
             ]
         );
     }
@@ -447,12 +455,9 @@ mod tests {
         assert_eq!(dnat.key, [127, 0, 0, 1, 17, 0, 0, 0, 0x1f, 0x90, 0, 0]);
         assert_eq!(dnat.data.as_deref(), Some(&[10, 0, 0, 2, 0, 80, 0, 0][..]));
         assert_eq!(describe(dnat), "127.0.0.1:8080/udp");
-        let lo = e.iter().filter(|e| e.set == "hairpin4").nth(1).expect("lo");
-        assert_eq!(lo.key, [10, 0, 0, 2, 127, 0, 0, 0]);
-        assert_eq!(
-            lo.key_end.as_deref(),
-            Some(&[10, 0, 0, 2, 127, 255, 255, 255][..])
-        );
+        let hairpin = e.iter().find(|e| e.set == "hairpin4").expect("hairpin");
+        assert_eq!(&hairpin.key[..7], &[10, 0, 0, 2, b'b', b'r', b'0']);
+        assert_eq!(hairpin.key.len(), 20);
     }
 
     #[test]
