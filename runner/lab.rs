@@ -142,108 +142,16 @@ pub fn run(args: LabArgs) -> i32 {
 }
 
 fn dispatch(cmd: LabCommand) -> Result<i32, LabError> {
+    let cmd = match as_change(cmd) {
+        Ok((file, spec)) => return change(&file, spec),
+        Err(other) => *other,
+    };
     match cmd {
         LabCommand::Hold {
             file,
             capture,
             control_fd,
         } => Ok(holder::hold(&file, capture, control_fd)),
-        LabCommand::LinkDown { file, a, b } => change(
-            &file,
-            StepSpec {
-                link_down: Some(vec![a, b]),
-                ..StepSpec::default()
-            },
-        ),
-        LabCommand::LinkUp { file, a, b } => change(
-            &file,
-            StepSpec {
-                link_up: Some(vec![a, b]),
-                ..StepSpec::default()
-            },
-        ),
-        LabCommand::Impair {
-            file,
-            a,
-            b,
-            rate,
-            loss,
-            delay,
-            jitter,
-            reorder,
-        } => change(
-            &file,
-            StepSpec {
-                impair: Some(ImpairSpec {
-                    link: vec![a, b],
-                    rate,
-                    loss,
-                    delay,
-                    jitter,
-                    reorder,
-                }),
-                ..StepSpec::default()
-            },
-        ),
-        LabCommand::Isolate { file, node } => change(
-            &file,
-            StepSpec {
-                isolate: Some(node),
-                ..StepSpec::default()
-            },
-        ),
-        LabCommand::Restore { file, node } => change(
-            &file,
-            StepSpec {
-                restore: Some(node),
-                ..StepSpec::default()
-            },
-        ),
-        LabCommand::Partition { file, groups } => change(
-            &file,
-            StepSpec {
-                partition: Some(
-                    groups
-                        .iter()
-                        .map(|g| {
-                            g.split(',')
-                                .filter(|n| !n.is_empty())
-                                .map(str::to_string)
-                                .collect()
-                        })
-                        .collect(),
-                ),
-                ..StepSpec::default()
-            },
-        ),
-        LabCommand::Heal { file } => change(
-            &file,
-            StepSpec {
-                heal: true,
-                ..StepSpec::default()
-            },
-        ),
-        LabCommand::StopNode { file, node } => change(
-            &file,
-            StepSpec {
-                stop: Some(node),
-                ..StepSpec::default()
-            },
-        ),
-        LabCommand::StartNode { file, node } => change(
-            &file,
-            StepSpec {
-                start: Some(node),
-                ..StepSpec::default()
-            },
-        ),
-        LabCommand::Reset { file } => change(
-            &file,
-            StepSpec {
-                reset: true,
-                ..StepSpec::default()
-            },
-        ),
         LabCommand::Links { file, json } => {
             let name = running_name(&file)?;
             match control::request(&name, &Request::Links, &mut |_| {})? {
@@ -320,6 +228,17 @@ fn dispatch(cmd: LabCommand) -> Result<i32, LabError> {
             }
             Ok(0)
         }
+        // Taken by as_change above.
+        LabCommand::LinkDown { .. }
+        | LabCommand::LinkUp { .. }
+        | LabCommand::Impair { .. }
+        | LabCommand::Isolate { .. }
+        | LabCommand::Restore { .. }
+        | LabCommand::Partition { .. }
+        | LabCommand::Heal { .. }
+        | LabCommand::StopNode { .. }
+        | LabCommand::StartNode { .. }
+        | LabCommand::Reset { .. } => Err(LabError::Invalid("not a change".into())),
     }
 }
 
@@ -591,4 +510,107 @@ fn play(name: &str, json: bool) -> Result<i32, LabError> {
         );
     }
     Ok(if passed { 0 } else { 1 })
+}
+
+/// A change command as the timeline step it makes, or the command back when it is another.
+fn as_change(cmd: LabCommand) -> Result<(PathBuf, StepSpec), Box<LabCommand>> {
+    match cmd {
+        LabCommand::LinkDown { file, a, b } => Ok((
+            file,
+            StepSpec {
+                link_down: Some(vec![a, b]),
+                ..StepSpec::default()
+            },
+        )),
+        LabCommand::LinkUp { file, a, b } => Ok((
+            file,
+            StepSpec {
+                link_up: Some(vec![a, b]),
+                ..StepSpec::default()
+            },
+        )),
+        LabCommand::Impair {
+            file,
+            a,
+            b,
+            rate,
+            loss,
+            delay,
+            jitter,
+            reorder,
+        } => Ok((
+            file,
+            StepSpec {
+                impair: Some(ImpairSpec {
+                    link: vec![a, b],
+                    rate,
+                    loss,
+                    delay,
+                    jitter,
+                    reorder,
+                }),
+                ..StepSpec::default()
+            },
+        )),
+        LabCommand::Isolate { file, node } => Ok((
+            file,
+            StepSpec {
+                isolate: Some(node),
+                ..StepSpec::default()
+            },
+        )),
+        LabCommand::Restore { file, node } => Ok((
+            file,
+            StepSpec {
+                restore: Some(node),
+                ..StepSpec::default()
+            },
+        )),
+        LabCommand::Partition { file, groups } => Ok((
+            file,
+            StepSpec {
+                partition: Some(
+                    groups
+                        .iter()
+                        .map(|g| {
+                            g.split(',')
+                                .filter(|n| !n.is_empty())
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .collect(),
+                ),
+                ..StepSpec::default()
+            },
+        )),
+        LabCommand::Heal { file } => Ok((
+            file,
+            StepSpec {
+                heal: true,
+                ..StepSpec::default()
+            },
+        )),
+        LabCommand::StopNode { file, node } => Ok((
+            file,
+            StepSpec {
+                stop: Some(node),
+                ..StepSpec::default()
+            },
+        )),
+        LabCommand::StartNode { file, node } => Ok((
+            file,
+            StepSpec {
+                start: Some(node),
+                ..StepSpec::default()
+            },
+        )),
+        LabCommand::Reset { file } => Ok((
+            file,
+            StepSpec {
+                reset: true,
+                ..StepSpec::default()
+            },
+        )),
+        other => Err(Box::new(other)),
+    }
 }
