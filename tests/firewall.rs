@@ -768,6 +768,132 @@ fn netbox_gc_removes_rules_of_gone_owners_and_ls_lists_them() {
     assert_eq!(ruleset(), before, "gc removes the unused shared tables");
 }
 
+/// UDP datagrams arriving at `socket` within a short wait (their payloads).
+fn received(socket: &UdpSocket) -> Vec<String> {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok((n, _)) = socket.recv_from(&mut buf) {
+        out.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+    }
+    out
+}
+
+/// A sandbox given NET_ADMIN (and NET_RAW, which busybox's `ip link set address` needs) forges
+/// its MAC or its address after it learnt the gateway's MAC, and sends datagrams to the host's
+/// own bridge address: frames delivered to the host must be held to the port's MAC as much as
+/// forwarded ones (the bridge port is locked to the sandbox's MAC).
+#[test]
+fn run_sandbox_with_net_admin_cannot_forge_its_mac_or_address_to_the_host() {
+    if !private_host(
+        "firewall::run_sandbox_with_net_admin_cannot_forge_its_mac_or_address_to_the_host",
+    ) {
+        return;
+    }
+    let host = UdpSocket::bind("0.0.0.0:7100").expect("bind");
+    let send = |args: &[&str], forge: &str| {
+        let script = format!(
+            "{forge} for i in 1 2 3; do bash -c 'echo sent > /dev/udp/10.117.0.1/7100'; \
+             busybox sleep 0.1; done"
+        );
+        let mut all = vec!["--cap-add", "NET_ADMIN", "--cap-add", "NET_RAW"];
+        all.extend_from_slice(args);
+        let out = run_sh(&all, &script).output().expect("run");
+        assert!(out.status.success(), "{out:?}");
+        received(&host)
+    };
+    // The gateway's MAC is learnt first (with the true addresses), as a sandbox would have it.
+    let learn = "busybox ping -c1 -W1 10.117.0.1 >/dev/null;";
+    for args in [&["--isolate"][..], &["--masquerade"][..]] {
+        assert!(
+            send(args, learn).iter().any(|m| m == "sent"),
+            "{args:?}: the plain path works (nothing forged yet)"
+        );
+        let forged_mac = send(
+            args,
+            &format!("{learn} busybox ip link set eth0 address 02:11:22:33:44:55;"),
+        );
+        assert!(
+            forged_mac.is_empty(),
+            "{args:?}: a forged MAC reached the host: {forged_mac:?}"
+        );
+        let forged_ip = send(
+            args,
+            &format!(
+                "{learn} busybox ip addr add 10.117.0.99/24 dev eth0; \
+                 busybox ip route replace 10.117.0.0/24 dev eth0 src 10.117.0.99;"
+            ),
+        );
+        assert!(
+            forged_ip.is_empty(),
+            "{args:?}: a forged source address reached the host: {forged_ip:?}"
+        );
+    }
+}
+
+/// netbox-cni's `macspoofchk`: a container that forges its MAC (someone with NET_ADMIN in its
+/// namespace) reaches neither the host's bridge address nor a neighbour on the bridge, even
+/// with the gateway's and the neighbour's MACs already learnt.
+#[test]
+fn cni_macspoofchk_holds_for_host_bound_and_forwarded_frames() {
+    if !private_host("firewall::cni_macspoofchk_holds_for_host_bound_and_forwarded_frames") {
+        return;
+    }
+    let config = conf("lock", "nbf7", "10.97.0.0/24", json!({"macspoofchk": true}));
+    let (ip1, _) = add("c1", &config);
+    let (ip2, _) = add("c2", &config);
+    let host = UdpSocket::bind("10.97.0.1:7101").expect("bind on the gateway");
+    let peer = NetNs::open(Path::new("/run/netns/c2"))
+        .expect("c2")
+        .run_in(move || UdpSocket::bind(SocketAddr::new(ip2, 7102)))
+        .expect("enter c2")
+        .expect("bind in c2");
+    // The MACs of the gateway and the neighbour are learnt with the true addresses, then the
+    // MAC is forged in the same breath, as an attacker inside would do it.
+    let send = |forge: &str| {
+        sh(&format!(
+            "ip netns exec c1 bash -c 'ping -c1 -W1 10.97.0.1 >/dev/null; ping -c1 -W1 {ip2} >/dev/null; {forge} \
+             for i in 1 2 3; do echo sent > /dev/udp/10.97.0.1/7101; echo sent > /dev/udp/{ip2}/7102; sleep 0.1; done'"
+        ));
+        (received(&host), received(&peer))
+    };
+    let (to_host, to_peer) = send("");
+    assert!(
+        !to_host.is_empty() && !to_peer.is_empty(),
+        "the plain path works from {ip1}"
+    );
+    // Seen by iproute2: the bridge ports learn nothing and are locked, and the bridge knows
+    // c1's true MAC as a static entry on its port.
+    let mac = sh("ip netns exec c1 cat /sys/class/net/eth0/address");
+    let ports: Value =
+        serde_json::from_str(&sh("bridge -j -d link show master nbf7")).expect("json");
+    let ports = ports.as_array().expect("ports");
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    for port in ports {
+        assert_eq!(port["locked"], json!(true), "{port}");
+        assert_eq!(port["learning"], json!(false), "{port}");
+    }
+    let fdb = sh("bridge fdb show br nbf7");
+    assert!(
+        fdb.lines()
+            .any(|l| l.starts_with(mac.trim()) && l.contains(" static")),
+        "no static entry for {mac}: {fdb}"
+    );
+    let (to_host, to_peer) = send("ip link set eth0 address 02:00:00:00:00:77;");
+    assert!(
+        to_host.is_empty(),
+        "a forged MAC reached the host: {to_host:?}"
+    );
+    assert!(
+        to_peer.is_empty(),
+        "a forged MAC reached the neighbour: {to_peer:?}"
+    );
+    del("c1", &config);
+    del("c2", &config);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shared tables at scale, conflicts, crashes
 

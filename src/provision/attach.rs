@@ -34,6 +34,8 @@ pub struct AttachSpec {
     pub host_mac: Option<[u8; 6]>,
     /// Who owns the attachment, recorded on the host veth (its alias).
     pub owner: String,
+    /// Lock the host end to the sandbox's MAC (anti-spoofing, see `Netlink::lock_port`).
+    pub lock_port: bool,
 }
 
 /// What an attachment made.
@@ -176,6 +178,9 @@ pub async fn attach_to_bridge(
         })?;
         if network.hairpin_mode {
             host.set_hairpin(&host_link, true).await?;
+        }
+        if let (true, Some(mac)) = (spec.lock_port, sandbox_link.mac) {
+            host.lock_port(&host_link, mac).await?;
         }
         Ok::<_, Error>((host_link, sandbox_link, gateways))
     };

@@ -30,6 +30,8 @@ pub struct Connect<'a> {
     pub host_mac: Option<[u8; 6]>,
     /// The owner's record on the host veth (its alias).
     pub alias: String,
+    /// Only the sandbox's MAC may enter the bridge from its port (anti-spoofing).
+    pub lock_port: bool,
 }
 
 /// What [`connect`] made.
@@ -70,6 +72,7 @@ pub async fn connect<'r, B: IpamBackend>(
         mac: spec.mac,
         host_mac: spec.host_mac,
         owner: spec.alias,
+        lock_port: spec.lock_port,
     };
     let attachment = attach::attach_to_bridge(
         spec.host,

@@ -127,6 +127,8 @@ fn wire(spec: &AddSpec, network: &NetworkSpec, record: &mut Record, ns: &NetNs) 
                 mac: spec.mac,
                 host_mac: None,
                 alias: crate::model::owner::alias(&network.name, &record.owner)?,
+                // `ns add` makes no firewall rules, and with them no anti-spoofing.
+                lock_port: false,
             },
             &ipam,
             &record.owner,

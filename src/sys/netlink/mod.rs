@@ -673,6 +673,38 @@ impl Netlink {
             .map_err(|e| request_error(format!("setting hairpin mode on \"{}\"", port.name), e))
     }
 
+    /// Port security on a bridge port: only frames whose source MAC is `mac` enter the bridge
+    /// from `port`, whether they are forwarded or delivered to the host itself. A static FDB
+    /// entry names the sandbox's MAC on the port, learning is off and the port is locked: the
+    /// bridge drops every other source address before its netfilter hooks see the frame (an
+    /// nftables `ether saddr` match cannot see the link-layer header of every frame a veth
+    /// delivers, so it cannot be the only guard). The kernel removes the entry with the port.
+    pub async fn lock_port(&self, port: &Link, mac: [u8; 6]) -> Result<()> {
+        use netlink_packet_route::neighbour::{NeighbourFlags, NeighbourState};
+        self.handle
+            .neighbours()
+            .add_bridge(port.index, &mac)
+            .state(NeighbourState::Noarp)
+            .flags(NeighbourFlags::Controller)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| request_error(format!("pinning the MAC of \"{}\"", port.name), e))?;
+        let msg = LinkUnspec::new_with_index(port.index)
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(vec![
+                InfoBridgePort::Learning(false),
+                InfoBridgePort::Locked(true),
+            ]))
+            .build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| request_error(format!("locking bridge port \"{}\"", port.name), e))
+    }
+
     /// Brings a link down. A link already gone counts as down.
     pub async fn set_down(&self, link: &Link) -> Result<()> {
         match self

@@ -78,6 +78,7 @@ pub(super) fn run(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
                 mac: spec.mac,
                 host_mac: None,
                 alias: owner::alias(&network.name, &owner)?,
+                lock_port: wants_firewall(spec, network),
             },
             &ipam,
             &owner,
@@ -156,23 +157,33 @@ pub(super) fn run(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
     result
 }
 
+/// True when the run makes rules (and with them anti-spoofing, its port locked to its MAC).
+fn wants_firewall(spec: &RunSpec, network: &NetworkSpec) -> bool {
+    let wanted = network.firewall;
+    spec.masquerade.unwrap_or(wanted.ip_masq)
+        || !spec.publish.is_empty()
+        || spec.isolate
+        || spec.block_host
+        || wanted.any()
+}
+
 /// The sandbox's firewall, or None when it needs no rule. Masquerade is asked for with
 /// `--masquerade`, or by a conflist's `ipMasq`; the built-in network does not masquerade by
-/// default (traffic leaving the machine under its address is the user's choice). The conflist's other firewall keys (`macspoofchk`, `isolate`, `isolateNetworks`,
-/// `blockHost`) apply as they do for netbox-cni. Once any rule is made, anti-spoofing and
-/// isolation from other networks come with it.
+/// default (traffic leaving the machine under its address is the user's choice). The
+/// conflist's other firewall keys (`macspoofchk`, `isolate`, `isolateNetworks`, `blockHost`)
+/// apply as they do for netbox-cni. Once any rule is made, anti-spoofing and isolation from
+/// other networks come with it.
 fn firewall_spec(
     spec: &RunSpec,
     network: &NetworkSpec,
     owner: &Owner,
     attached: &Attachment,
 ) -> Option<FirewallSpec> {
-    let wanted = network.firewall;
-    let masquerade = spec.masquerade.unwrap_or(wanted.ip_masq);
-    let any = masquerade || !spec.publish.is_empty() || spec.isolate || spec.block_host;
-    if !(any || wanted.any()) {
+    if !wants_firewall(spec, network) {
         return None;
     }
+    let wanted = network.firewall;
+    let masquerade = spec.masquerade.unwrap_or(wanted.ip_masq);
     let mut fw = FirewallSpec::new(owner.clone(), &attached.bridge.name, &attached.host.name);
     fw.mac = attached.sandbox.mac;
     fw.addresses = attached.addresses.clone();

@@ -215,6 +215,7 @@ async fn add_recorded(
                 mac: conf.mac,
                 host_mac: Some(cni_host_mac(&env.container_id, &env.ifname)),
                 alias: cni_alias(&conf.net.name, &env.container_id, &env.ifname),
+                lock_port: conf.net.mac_spoof_chk,
             },
             &ipam,
             &owner,
