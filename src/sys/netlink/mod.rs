@@ -658,11 +658,24 @@ impl Netlink {
     /// Turns hairpin mode of a bridge port on or off (frames may leave by the port they came in,
     /// so a container reaches itself through a service address).
     pub async fn set_hairpin(&self, port: &Link, on: bool) -> Result<()> {
+        self.set_port_options(
+            port,
+            vec![InfoBridgePort::HairpinMode(on)],
+            "setting hairpin mode on",
+        )
+        .await
+    }
+
+    /// Sets bridge port options of `port`; `what` names the change in errors.
+    async fn set_port_options(
+        &self,
+        port: &Link,
+        options: Vec<InfoBridgePort>,
+        what: &str,
+    ) -> Result<()> {
         let msg = LinkUnspec::new_with_index(port.index)
             .set_port_kind(InfoPortKind::Bridge)
-            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                on,
-            )]))
+            .set_port_data(InfoPortData::BridgePort(options))
             .build();
         // Port settings go in RTM_NEWLINK on the existing link: RTM_SETLINK ignores them.
         self.handle
@@ -670,7 +683,7 @@ impl Netlink {
             .set_port(msg)
             .execute()
             .await
-            .map_err(|e| request_error(format!("setting hairpin mode on \"{}\"", port.name), e))
+            .map_err(|e| request_error(format!("{what} \"{}\"", port.name), e))
     }
 
     /// Port security on a bridge port: only frames whose source MAC is `mac` enter the bridge
@@ -690,19 +703,15 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| request_error(format!("pinning the MAC of \"{}\"", port.name), e))?;
-        let msg = LinkUnspec::new_with_index(port.index)
-            .set_port_kind(InfoPortKind::Bridge)
-            .set_port_data(InfoPortData::BridgePort(vec![
+        self.set_port_options(
+            port,
+            vec![
                 InfoBridgePort::Learning(false),
                 InfoBridgePort::Locked(true),
-            ]))
-            .build();
-        self.handle
-            .link()
-            .set_port(msg)
-            .execute()
-            .await
-            .map_err(|e| request_error(format!("locking bridge port \"{}\"", port.name), e))
+            ],
+            "locking bridge port",
+        )
+        .await
     }
 
     /// Brings a link down. A link already gone counts as down.
