@@ -34,10 +34,9 @@
 //! Migration from host-local: when `dataDir` points at host-local's directory, its lease files
 //! (`<network>/<ip>`) are treated as taken, and its `lock` file is the one both lock.
 
-use std::fs::{DirBuilder, File};
+use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -47,7 +46,7 @@ use crate::model::ipam::config::validate_network_name;
 use crate::model::ipam::range::{scan_order, to_u128};
 use crate::model::ipam::{IpamConfig, IpamError, Range};
 use crate::model::owner::Owner;
-use crate::sys::dirfd::Dir;
+use crate::sys::dirfd::{ensure_dir_all, Dir};
 
 type Result<T, E = IpamError> = std::result::Result<T, E>;
 
@@ -108,11 +107,7 @@ impl Store {
         };
         // The data directory is the administrator's; below it every directory is opened from
         // its parent without following links (see `sys::dirfd`).
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(data_dir)
-            .map_err(failed(data_dir.to_path_buf()))?;
+        ensure_dir_all(data_dir, 0o755).map_err(failed(data_dir.to_path_buf()))?;
         let root = Dir::open(data_dir)
             .and_then(|d| d.ensure_sub(network, 0o755))
             .map_err(failed(dir.clone()))?;
@@ -613,9 +608,8 @@ impl Store {
             .join(",");
         let tmp = self.tmp_entry("index");
         let entry = self.index_of(index)?;
-        let _ = tmp.remove();
         tmp.0
-            .symlink(&target, &tmp.1)
+            .symlink_replacing(&target, &tmp.1)
             .and_then(|()| tmp.0.rename(&tmp.1, entry.0, &entry.1))
             .map_err(|source| {
                 let _ = tmp.remove();
@@ -630,8 +624,8 @@ impl Store {
     /// Saves a scan hint: written whole then renamed, never fsynced.
     fn write_cursor(&self, set: usize, ip: IpAddr) -> io::Result<()> {
         let tmp = self.tmp_entry("cursor");
-        let _ = tmp.0.unlink(&tmp.1);
-        tmp.0.write_new(&tmp.1, ip.to_string().as_bytes(), 0o644)?;
+        tmp.0
+            .write_replacing(&tmp.1, ip.to_string().as_bytes(), 0o644)?;
         tmp.0
             .rename(&tmp.1, &self.dirs.root, &format!("cursor.{set}"))
             .inspect_err(|_| {

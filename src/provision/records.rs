@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::owner::Owner;
-use crate::sys::dirfd::Dir;
+use crate::sys::dirfd::{ensure_dir_all, Dir};
 use crate::{Error, Result};
 
 /// Where records and the lock live unless NETBOX_RUN_DIR says otherwise.
@@ -63,7 +63,7 @@ impl Lock {
 
     fn take(exclusive: bool) -> Result<Lock> {
         let dir = run_dir();
-        fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        ensure_dir_all(&dir, 0o755).map_err(io_err(format!("creating {}", dir.display())))?;
         let path = dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
@@ -183,8 +183,7 @@ impl Record {
 fn write_tmp(dir: Dir, file: &str, value: &impl Serialize) -> Result<(Dir, String)> {
     let tmp = format!(".tmp.{}.{file}", std::process::id());
     let text = serde_json::to_vec_pretty(value).map_err(|e| Error::Config(e.to_string()))?;
-    let _ = dir.unlink(&tmp);
-    dir.write_new(&tmp, &text, 0o644)
+    dir.write_replacing(&tmp, &text, 0o644)
         .map_err(io_err(format!("writing {}", dir.join(&tmp).display())))?;
     Ok((dir, tmp))
 }
@@ -214,7 +213,7 @@ fn file_name(path: &Path) -> String {
 /// is reached through a link.
 fn open_kind_dir(kind: Kind) -> Result<Dir> {
     let run = run_dir();
-    fs::create_dir_all(&run).map_err(io_err(format!("creating {}", run.display())))?;
+    ensure_dir_all(&run, 0o755).map_err(io_err(format!("creating {}", run.display())))?;
     let name = match kind {
         Kind::Ns | Kind::Run => "sandboxes",
         Kind::Cni => "cni",

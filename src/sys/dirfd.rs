@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{openat, readlinkat, renameat, AtFlags, OFlag};
 use nix::sys::stat::{mkdirat, Mode};
 use nix::unistd::{linkat, symlinkat, unlinkat, UnlinkatFlags};
+use std::os::unix::fs::DirBuilderExt;
 
 /// An open directory.
 #[derive(Debug)]
@@ -20,6 +21,18 @@ pub struct Dir {
     fd: OwnedFd,
     /// For messages only.
     path: PathBuf,
+}
+
+/// Creates `path` and its parents (`mode`) unless it is a directory already: checked first,
+/// as mkdir takes the parent's lock exclusively even when the answer is EEXIST.
+pub fn ensure_dir_all(path: &Path, mode: u32) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
 }
 
 fn io(e: nix::Error) -> io::Error {
@@ -45,6 +58,12 @@ impl Dir {
     /// Creates (`mode`) or opens the subdirectory `name`; a link there is refused (ELOOP or
     /// ENOTDIR).
     pub fn ensure_sub(&self, name: &str, mode: u32) -> io::Result<Dir> {
+        // Opened first: mkdirat takes the parent's lock exclusively even when the directory
+        // exists, and every concurrent ADD passes through the same few directories.
+        match self.sub(name) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => return other,
+        }
         match mkdirat(self.fd.as_fd(), name, Mode::from_bits_truncate(mode)) {
             Ok(()) | Err(nix::Error::EEXIST) => {}
             Err(e) => return Err(io(e)),
@@ -109,6 +128,31 @@ impl Dir {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Like [`Dir::write_new`] for a temporary name: an entry already there (left by a dead
+    /// writer of the same name) is removed and the write tried again. Removing first instead
+    /// would take the directory's lock exclusively on every write, in directories that every
+    /// concurrent ADD writes to.
+    pub fn write_replacing(&self, name: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+        match self.write_new(name, bytes, mode) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.unlink(name)?;
+                self.write_new(name, bytes, mode)
+            }
+            other => other,
+        }
+    }
+
+    /// [`Dir::symlink`] for a temporary name, replacing a leftover as [`Dir::write_replacing`].
+    pub fn symlink_replacing(&self, target: &str, name: &str) -> io::Result<()> {
+        match self.symlink(target, name) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.unlink(name)?;
+                self.symlink(target, name)
+            }
+            other => other,
+        }
     }
 
     /// A symbolic link `name` -> `target` (fails if `name` exists).
@@ -176,5 +220,39 @@ impl Dir {
         let file = self.open_file(name, OFlag::O_CREAT | OFlag::O_WRONLY, 0o644)?;
         file.lock()?;
         Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_writers_leftover_is_replaced_not_an_error() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = Dir::open(tmp.path())?;
+        dir.write_new("t", b"old", 0o644)?;
+        dir.write_replacing("t", b"new", 0o644)?;
+        assert_eq!(dir.read("t")?, b"new");
+        dir.symlink("old-target", "l")?;
+        dir.symlink_replacing("new-target", "l")?;
+        assert_eq!(dir.readlink("l")?, Some("new-target".into()));
+        // A first write needs no leftover.
+        dir.write_replacing("fresh", b"x", 0o644)?;
+        assert_eq!(dir.read("fresh")?, b"x");
+        Ok(())
+    }
+
+    #[test]
+    fn ensure_sub_opens_an_existing_directory_and_refuses_a_link() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = Dir::open(tmp.path())?;
+        dir.ensure_sub("d", 0o755)?;
+        dir.ensure_sub("d", 0o755)?;
+        std::os::unix::fs::symlink(tmp.path().join("d"), tmp.path().join("l"))?;
+        assert!(dir.ensure_sub("l", 0o755).is_err());
+        ensure_dir_all(&tmp.path().join("a/b"), 0o755)?;
+        assert!(tmp.path().join("a/b").is_dir());
+        Ok(())
     }
 }

@@ -486,7 +486,7 @@ impl Nfnl {
             &socket.as_fd(),
             sockopt::ReceiveTimeout,
             &TimeVal::from(libc::timeval {
-                tv_sec: Duration::from_secs(10).as_secs() as libc::time_t,
+                tv_sec: Duration::from_secs(10).as_secs() as _,
                 tv_usec: 0,
             }),
         )
