@@ -7,10 +7,14 @@
 //!
 //! Then a burst, as a node sees when many pods start at once: 100 ADDs with 20 in flight, each
 //! into its own namespace, per plugin in turn (three rounds, the order rotating); p50 and p99 of
-//! one ADD, and the p99 ratio against the target (≤ 0.25×).
+//! one ADD, and the p99 ratio against the target (≤ 0.25×); with the CPU time one ADD took
+//! (user + system of the plugin processes) and the wall time of a burst, which tell a plugin
+//! that waits from one that works.
 //!
 //! Runs as root inside a private network + mount namespace: bridges, namespaces and leases never
-//! reach the real host. `cargo bench --bench cni [-- N]` (N cycles, default 50).
+//! reach the real host. `cargo bench --bench cni [-- N]` (N cycles, default 50; 0 runs the burst
+//! alone). NETBOX_BENCH_DATA puts the IPAM stores elsewhere than /var/lib/netbox (a tmpfs, to
+//! take the disk out of the comparison).
 
 mod common;
 
@@ -44,11 +48,12 @@ fn main() {
         return;
     }
     private_host();
+    let data = std::env::var("NETBOX_BENCH_DATA").unwrap_or_else(|_| "/var/lib/netbox".into());
     let config = |plugin: &str, ipam: &str, bridge: &str, subnet: &str| {
         format!(
             r#"{{"cniVersion":"1.0.0","name":"bench","type":"{plugin}","bridge":"{bridge}",
 "isGateway":true,"isDefaultGateway":true,"ipMasq":false,
-"ipam":{{"type":"{ipam}","subnet":"{subnet}","dataDir":"/var/lib/netbox/bench-{bridge}"}}}}"#
+"ipam":{{"type":"{ipam}","subnet":"{subnet}","dataDir":"{data}/bench-{bridge}"}}}}"#
         )
     };
     let mut plugins = vec![
@@ -99,9 +104,81 @@ fn main() {
             cycle(&mut plugins[which], &format!("p{which}c{i}"), true);
         }
     }
-    println!("CNI plugins, {n} cycles each (fresh netns per cycle), interleaved");
     let (reference, builds) = plugins.split_at_mut(1);
     let reference = &mut reference[0];
+    // `-- 0` runs the burst alone.
+    if n > 0 {
+        print_cycles(n, reference, builds);
+    }
+    // The burst, all plugins in turn, the order rotating each round.
+    let mut bursts: Vec<Burst> = (0..count).map(|_| Burst::default()).collect();
+    for round in 0..BURST_ROUNDS {
+        for k in 0..count {
+            let which = (round + k) % count;
+            let which_plugin = if which == 0 {
+                &*reference
+            } else {
+                &builds[which - 1]
+            };
+            if let Ok(v) = std::env::var("NBSETTLE") {
+                std::thread::sleep(Duration::from_millis(v.parse().unwrap()));
+            }
+            bursts[which].add(burst(which_plugin, &format!("p{which}r{round}")));
+        }
+    }
+    println!(
+        "Burst: {BURST} ADDs with {IN_FLIGHT} in flight, {BURST_ROUNDS} rounds, time of one ADD \
+         (p50/p90/p99/max), CPU of one ADD (user+sys of the plugin processes), wall time of a burst"
+    );
+    let r_p99 = bursts[0].report(reference.label);
+    for (b, burst) in builds.iter().zip(bursts.iter_mut().skip(1)) {
+        let p99 = burst.report(b.label);
+        println!(
+            "{:<28} p99 ratio {:.3}  (target <= 0.25)",
+            "",
+            p99.as_secs_f64() / r_p99.as_secs_f64()
+        );
+    }
+}
+
+/// What the bursts of one plugin measured.
+#[derive(Default)]
+struct Burst {
+    times: Vec<Duration>,
+    cpu: Duration,
+    wall: Duration,
+    rounds: u32,
+}
+
+impl Burst {
+    fn add(&mut self, (times, cpu, wall): (Vec<Duration>, Duration, Duration)) {
+        self.times.extend(times);
+        self.cpu += cpu;
+        self.wall += wall;
+        self.rounds += 1;
+    }
+
+    /// Prints one line; the p99.
+    fn report(&mut self, label: &str) -> Duration {
+        let [p50, p90, p99] = [50, 90, 99].map(|p| percentile(&mut self.times, p));
+        let max = self.times.last().copied().unwrap_or_default();
+        let adds = self.times.len().max(1) as u32;
+        println!(
+            "{label:<28} {:>7.2} / {:>7.2} / {:>7.2} / {:>7.2} ms  cpu {:>5.2} ms  burst {:>7.1} ms",
+            ms(p50),
+            ms(p90),
+            ms(p99),
+            ms(max),
+            ms(self.cpu / adds),
+            ms(self.wall / self.rounds.max(1))
+        );
+        p99
+    }
+}
+
+/// The table of single operations: medians and p90, and the ratio of medians.
+fn print_cycles(n: usize, reference: &mut Plugin, builds: &mut [Plugin]) {
+    println!("CNI plugins, {n} cycles each (fresh netns per cycle), interleaved");
     print!("{:<8} {:>22}", "op", "reference med/p90");
     for b in builds.iter() {
         print!(" {:>24} {:>6}", format!("{} med/p90", b.label), "ratio");
@@ -126,41 +203,6 @@ fn main() {
         };
         println!("{target}");
     }
-
-    // The burst, all plugins in turn, the order rotating each round.
-    let mut bursts: Vec<Vec<Duration>> = vec![Vec::new(); count];
-    for round in 0..BURST_ROUNDS {
-        for k in 0..count {
-            let which = (round + k) % count;
-            let which_plugin = if which == 0 {
-                &*reference
-            } else {
-                &builds[which - 1]
-            };
-            bursts[which].extend(burst(which_plugin, &format!("p{which}r{round}")));
-        }
-    }
-    println!(
-        "Burst: {BURST} ADDs with {IN_FLIGHT} in flight, {BURST_ROUNDS} rounds, time of one ADD"
-    );
-    let r_p99 = percentile(&mut bursts[0], 99);
-    let r_p50 = percentile(&mut bursts[0], 50);
-    println!(
-        "{:<28} p50 {:>8.2} ms  p99 {:>8.2} ms",
-        reference.label,
-        ms(r_p50),
-        ms(r_p99)
-    );
-    for (b, times) in builds.iter().zip(bursts.iter_mut().skip(1)) {
-        let (p50, p99) = (percentile(times, 50), percentile(times, 99));
-        println!(
-            "{:<28} p50 {:>8.2} ms  p99 {:>8.2} ms  p99 ratio {:.3}  (target <= 0.25)",
-            b.label,
-            ms(p50),
-            ms(p99),
-            p99.as_secs_f64() / r_p99.as_secs_f64()
-        );
-    }
 }
 
 /// ADDs in one burst, and how many run at once.
@@ -169,8 +211,8 @@ const IN_FLIGHT: usize = 20;
 const BURST_ROUNDS: usize = 3;
 
 /// 100 ADDs, 20 at a time, into fresh namespaces; then every DEL (not timed). The time of each
-/// ADD.
-fn burst(p: &Plugin, tag: &str) -> Vec<Duration> {
+/// ADD, the CPU time the ADDs took, and the wall time of the burst.
+fn burst(p: &Plugin, tag: &str) -> (Vec<Duration>, Duration, Duration) {
     let ids: Vec<String> = (0..BURST).map(|i| format!("{tag}b{i}")).collect();
     for id in &ids {
         netbox::sys::netns::create_named(&format!("bench-{id}")).expect("netns");
@@ -193,12 +235,24 @@ fn burst(p: &Plugin, tag: &str) -> Vec<Duration> {
         });
         times.into_inner().expect("times")
     };
+    let (cpu_before, started) = (children_cpu(), Instant::now());
     let adds = run_all("ADD");
+    let (cpu, wall) = (children_cpu().saturating_sub(cpu_before), started.elapsed());
     run_all("DEL");
     for id in &ids {
         netbox::sys::netns::delete_named(&format!("bench-{id}")).expect("delete netns");
     }
-    adds
+    (adds, cpu, wall)
+}
+
+/// user + system time of the waited-for children so far.
+fn children_cpu() -> Duration {
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN) {
+        Ok(u) => tv(u.user_time()) + tv(u.system_time()),
+        Err(_) => Duration::ZERO,
+    }
 }
 
 fn percentile(v: &mut [Duration], p: usize) -> Duration {
