@@ -17,7 +17,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::model::ipam::config::validate_network_name;
-use crate::model::ipam::IpamConfig;
+use crate::model::ipam::{IpamConfig, RangeSet};
 use crate::model::json::{opt_str, opt_value};
 use crate::sys::netlink::validate_ifname;
 
@@ -187,8 +187,24 @@ impl BridgeConf {
     }
 
     /// Reads and checks the `ipam` section.
-    pub fn with_ipam(mut self) -> Result<BridgeConf, ConfError> {
-        self.ipam_section = Some(ipam_section(self.ipam.as_ref())?);
+    pub fn with_ipam(self) -> Result<BridgeConf, ConfError> {
+        self.with_runtime_ipam(vec![], true)
+    }
+
+    /// Reads and checks the `ipam` section with the range sets the runtime passed
+    /// (`runtimeConfig.ipRanges`, for the built-in IPAM only: a delegated plugin reads them
+    /// from its own stdin). `ranges_required` false lets DEL, CHECK and GC through without
+    /// any range (they work by owner).
+    pub fn with_runtime_ipam(
+        mut self,
+        runtime_sets: Vec<RangeSet>,
+        ranges_required: bool,
+    ) -> Result<BridgeConf, ConfError> {
+        self.ipam_section = Some(ipam_section(
+            self.ipam.as_ref(),
+            runtime_sets,
+            ranges_required,
+        )?);
         Ok(self)
     }
 
@@ -274,7 +290,11 @@ impl BridgeConf {
     }
 }
 
-fn ipam_section(section: Option<&Value>) -> Result<IpamSection, ConfError> {
+fn ipam_section(
+    section: Option<&Value>,
+    runtime_sets: Vec<RangeSet>,
+    ranges_required: bool,
+) -> Result<IpamSection, ConfError> {
     let Some(section) = section else {
         return Ok(IpamSection::None);
     };
@@ -287,7 +307,8 @@ fn ipam_section(section: Option<&Value>) -> Result<IpamSection, ConfError> {
     Ok(match kind {
         "" => IpamSection::None,
         t if BUILTIN_IPAM_TYPES.contains(&t) => IpamSection::Builtin(
-            IpamConfig::from_json(section).map_err(|e| ConfError::Invalid(e.to_string()))?,
+            IpamConfig::from_json_with(section, runtime_sets, ranges_required)
+                .map_err(|e| ConfError::Invalid(e.to_string()))?,
         ),
         t if t.contains('/') || t == "." || t == ".." => {
             return Err(ConfError::Invalid(format!(

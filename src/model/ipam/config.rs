@@ -112,6 +112,20 @@ impl IpamConfig {
 
     /// Reads the `ipam` object of a CNI plugin configuration.
     pub fn from_json(v: &Value) -> Result<IpamConfig, IpamError> {
+        IpamConfig::from_json_with(v, vec![], true)
+    }
+
+    /// Reads the `ipam` object with the range sets a runtime passed (`runtimeConfig.ipRanges`,
+    /// see [`range_sets_from_json`]) in front of its own, as host-local orders them: the
+    /// runtime's sets first, then the legacy single range, then `ranges`; all of them are
+    /// checked together (an overlap between the runtime's and the file's is refused).
+    /// `ranges_required` false accepts a configuration without any range: DEL, CHECK and GC
+    /// find leases by owner and must work when the runtime no longer passes its ranges.
+    pub fn from_json_with(
+        v: &Value,
+        runtime_sets: Vec<RangeSet>,
+        ranges_required: bool,
+    ) -> Result<IpamConfig, IpamError> {
         if !v.is_object() {
             return Err(IpamError::BadField {
                 field: "ipam",
@@ -120,29 +134,11 @@ impl IpamConfig {
         }
         // As in host-local, the legacy single-range keys, when present, form the first range
         // set and `ranges` follow.
-        let mut range_sets = match v.get("subnet") {
-            None | Some(Value::Null) => vec![],
-            Some(_) => vec![vec![range_from_json(v)?]],
-        };
-        range_sets.extend(match v.get("ranges") {
-            None | Some(Value::Null) => vec![],
-            Some(Value::Array(sets)) => sets
-                .iter()
-                .map(|set| match set {
-                    Value::Array(ranges) => ranges.iter().map(range_from_json).collect(),
-                    _ => Err(IpamError::BadField {
-                        field: "ranges",
-                        reason: "each range set must be a list of ranges".into(),
-                    }),
-                })
-                .collect::<Result<Vec<RangeSet>, _>>()?,
-            Some(_) => {
-                return Err(IpamError::BadField {
-                    field: "ranges",
-                    reason: "must be a list of range sets".into(),
-                })
-            }
-        });
+        let mut range_sets = runtime_sets;
+        if !matches!(v.get("subnet"), None | Some(Value::Null)) {
+            range_sets.push(vec![range_from_json(v)?]);
+        }
+        range_sets.extend(range_sets_from_json(v.get("ranges"), "ranges")?);
         let routes = match v.get("routes") {
             None | Some(Value::Null) => vec![],
             Some(Value::Array(list)) => list
@@ -169,7 +165,16 @@ impl IpamConfig {
                 })
             }
         };
-        let mut config = IpamConfig::new(range_sets, routes)?;
+        let mut config = if range_sets.is_empty() && !ranges_required {
+            IpamConfig {
+                range_sets,
+                routes,
+                data_dir: None,
+                resolv_conf: None,
+            }
+        } else {
+            IpamConfig::new(range_sets, routes)?
+        };
         config.data_dir = string(v.get("dataDir"), "dataDir")?.map(PathBuf::from);
         config.resolv_conf = string(v.get("resolvConf"), "resolvConf")?.map(PathBuf::from);
         Ok(config)
@@ -193,7 +198,45 @@ impl IpamConfig {
     }
 }
 
+/// A list of range sets, each a list of `{subnet, rangeStart, rangeEnd, gateway}`: the shape of
+/// `ipam.ranges` and of `runtimeConfig.ipRanges` (the `ipRanges` capability). Absent or null is
+/// no set; each range is checked alone here, the sets together by [`IpamConfig::new`].
+pub fn range_sets_from_json(
+    v: Option<&Value>,
+    field: &'static str,
+) -> Result<Vec<RangeSet>, IpamError> {
+    match v {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Array(sets)) => sets
+            .iter()
+            .map(|set| match set {
+                Value::Array(ranges) if !ranges.is_empty() => {
+                    ranges.iter().map(range_from_json).collect()
+                }
+                Value::Array(_) => Err(IpamError::BadField {
+                    field,
+                    reason: "a range set is empty".into(),
+                }),
+                _ => Err(IpamError::BadField {
+                    field,
+                    reason: "each range set must be a list of ranges".into(),
+                }),
+            })
+            .collect(),
+        Some(_) => Err(IpamError::BadField {
+            field,
+            reason: "must be a list of range sets".into(),
+        }),
+    }
+}
+
 fn range_from_json(v: &Value) -> Result<Range, IpamError> {
+    if !v.is_object() {
+        return Err(IpamError::BadField {
+            field: "range",
+            reason: "must be an object with a subnet".into(),
+        });
+    }
     let subnet = cidr(v.get("subnet"), "subnet")?.ok_or(IpamError::BadField {
         field: "subnet",
         reason: "missing".into(),

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use thiserror::Error;
 
-pub use config::{default_data_dir, IpamConfig, RangeSet, RouteSpec};
+pub use config::{default_data_dir, range_sets_from_json, IpamConfig, RangeSet, RouteSpec};
 pub use range::Range;
 
 #[derive(Debug, Error)]
@@ -42,7 +42,7 @@ pub enum IpamError {
     MixedFamilies { range: String },
     #[error("ipam: ranges {a} and {b} overlap")]
     Overlap { a: String, b: String },
-    #[error("ipam: no range configured (set \"ranges\" or \"subnet\")")]
+    #[error("ipam: no range configured (set \"ranges\" or \"subnet\", or have the runtime pass runtimeConfig.ipRanges)")]
     NoRanges,
     #[error("network name {name:?} cannot name a lease directory: {reason}")]
     BadName { name: String, reason: &'static str },

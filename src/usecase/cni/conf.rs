@@ -13,6 +13,7 @@ use super::result::{CniResult, Dns};
 use super::{code, CniError, Version, SUPPORTED_VERSIONS};
 use crate::firewall::{PortMapping, Protocol};
 use crate::model::conflist::{BridgeConf, ConfError};
+use crate::model::ipam::{range_sets_from_json, IpamError, RangeSet};
 use crate::model::json::opt_str;
 use crate::sys::netlink::{parse_mac, validate_ifname};
 
@@ -200,6 +201,8 @@ struct RuntimeArgs {
     ips: Vec<IpAddr>,
     mac: Option<[u8; 6]>,
     port_mappings: Vec<PortMapping>,
+    /// `runtimeConfig.ipRanges`: range sets in front of the configuration's own.
+    ip_ranges: Vec<RangeSet>,
 }
 
 /// The version a configuration declares, when it is one netbox speaks (for error objects).
@@ -227,7 +230,12 @@ impl NetConf {
         };
         let net = BridgeConf::decode(&v).map_err(refused)?;
         let runtime = RuntimeArgs::parse(&v, env)?;
-        let net = net.with_ipam().map_err(refused)?;
+        // DEL, CHECK and GC work by owner: a runtime that no longer passes its ranges (or a
+        // cleanup process that never knew them) must not make them fail.
+        let ranges_required = matches!(env.command, Command::Add | Command::Status);
+        let net = net
+            .with_runtime_ipam(runtime.ip_ranges.clone(), ranges_required)
+            .map_err(refused)?;
         let prev_result = match v.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(r) => Some(CniResult::from_json(r)?),
@@ -308,6 +316,7 @@ impl RuntimeArgs {
             ips: env.args.ips.clone(),
             mac: env.args.mac,
             port_mappings: vec![],
+            ip_ranges: vec![],
         };
         for (section, what) in [
             (v.get("runtimeConfig"), "runtimeConfig"),
@@ -368,6 +377,15 @@ impl RuntimeArgs {
             if let Some(pm) = section.get("portMappings").filter(|l| !l.is_null()) {
                 self.port_mappings = parse_port_mappings(pm)?;
             }
+            // Read as host-local reads it; a shape error does not decode (6), a bad subnet
+            // or range cannot be served (7).
+            self.ip_ranges = range_sets_from_json(section.get("ipRanges"), "ipRanges")
+                .map_err(|e| match e {
+                    IpamError::BadField { .. } => {
+                        decode(format!("runtimeConfig.ipRanges: {e}"))
+                    }
+                    e => CniError::config(format!("runtimeConfig.ipRanges: {e}")),
+                })?;
         }
         Ok(())
     }
