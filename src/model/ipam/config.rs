@@ -210,13 +210,7 @@ pub fn range_sets_from_json(
         Some(Value::Array(sets)) => sets
             .iter()
             .map(|set| match set {
-                Value::Array(ranges) if !ranges.is_empty() => {
-                    ranges.iter().map(range_from_json).collect()
-                }
-                Value::Array(_) => Err(IpamError::BadField {
-                    field,
-                    reason: "a range set is empty".into(),
-                }),
+                Value::Array(ranges) => ranges.iter().map(range_from_json).collect(),
                 _ => Err(IpamError::BadField {
                     field,
                     reason: "each range set must be a list of ranges".into(),
