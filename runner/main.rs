@@ -19,6 +19,7 @@ mod completions;
 mod doctor;
 mod lab;
 mod manual;
+mod node;
 mod ns;
 mod progress;
 mod tuntap;
@@ -67,6 +68,9 @@ enum Command {
     /// Manage TUN/TAP devices in the current network namespace.
     #[command(subcommand)]
     Tuntap(tuntap::TuntapCommand),
+    /// Routes between the nodes of a cluster (pod CIDRs, host-gw or VXLAN).
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Reproducible network labs from a topology file (up, exec, check, down, test, graph).
     Lab(lab::LabArgs),
     /// Check that this machine can do what netbox does: OK / WARN / FAIL, with the fix.
@@ -322,6 +326,7 @@ fn netbox_main() -> i32 {
         Command::Gc(args) => ns::gc(args),
         Command::Network(cmd) => ns::network(cmd),
         Command::Tuntap(cmd) => tuntap::run(cmd),
+        Command::Node(cmd) => node::run(cmd),
         Command::Lab(args) => lab::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions(args) => completions::run(args),

@@ -27,8 +27,9 @@ const LAYERS: [(&str, &[&str]); 4] = [
 const UNLAYERED: [&str; 2] = ["", "error"];
 
 /// Use cases: none may use another.
-const USE_CASES: [&str; 7] = [
+const USE_CASES: [&str; 8] = [
     "usecase::run",
+    "usecase::node",
     "usecase::named",
     "usecase::gc",
     "usecase::cni",

@@ -7,4 +7,5 @@ pub mod dns;
 pub mod ipam;
 pub mod json;
 pub mod network;
+pub mod nodes;
 pub mod owner;
