@@ -23,7 +23,12 @@ pub struct RoutesArgs {
     #[arg(long)]
     watch: bool,
     /// How often --watch looks at the file, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0, requires = "watch")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 2.0,
+        requires = "watch"
+    )]
     interval: f64,
     /// Every peer through the VXLAN device, also those on a shared subnet (host-gw).
     #[arg(long)]
@@ -53,12 +58,16 @@ pub fn run(cmd: NodeCommand) -> i32 {
             eprintln!("netbox: --interval must be at least 0.1 seconds");
             return 125;
         }
-        node::watch(&spec, Duration::from_secs_f64(args.interval), &mut |r| match r {
-            Ok(changes) => print_changes(changes),
-            Err(e) => {
-                crate::fail(e);
-            }
-        })
+        node::watch(
+            &spec,
+            Duration::from_secs_f64(args.interval),
+            &mut |r| match r {
+                Ok(changes) => print_changes(changes),
+                Err(e) => {
+                    crate::fail(e);
+                }
+            },
+        )
     }
     match node::apply(&spec) {
         Ok(changes) => {

@@ -251,6 +251,7 @@ fn describe(k: &network::KnownNetwork) -> serde_json::Value {
             "promiscMode": s.promisc_mode,
             "enabledad": s.enable_dad,
             "ipMasq": s.firewall.ip_masq,
+            "noMasqueradeTo": s.firewall.no_masquerade_to.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "macspoofchk": s.firewall.mac_spoof_chk,
             "isolate": s.firewall.isolate,
             "isolateNetworks": s.firewall.isolate_networks,

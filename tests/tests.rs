@@ -13,6 +13,7 @@ mod ipam;
 mod lab;
 mod lab_runtime;
 mod lifecycle;
+mod multinode;
 mod netlink;
 mod run;
 mod tuntap;

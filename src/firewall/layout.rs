@@ -46,6 +46,8 @@ table inet netbox {
 	map dnat6any { type inet_proto . inet_service : ipv6_addr . inet_service; }
 	set masq4 { type ipv4_addr; }
 	set masq6 { type ipv6_addr; }
+	set nomasq4 { type ipv4_addr . ipv4_addr; flags interval; }
+	set nomasq6 { type ipv6_addr . ipv6_addr; flags interval; }
 	set local4 { type ipv4_addr . ifname; }
 	set local6 { type ipv6_addr . ifname; }
 	set hairpin4 { type ipv4_addr . ifname; }
@@ -72,8 +74,8 @@ table inet netbox {
 	}
 	chain postrouting {
 		type nat hook postrouting priority 100; policy accept;
-		ip saddr @masq4 ip daddr != 224.0.0.0/4 ip saddr . oifname != @local4 masquerade
-		ip6 saddr @masq6 ip6 daddr != ff00::/8 ip6 saddr . oifname != @local6 masquerade
+		ip saddr @masq4 ip daddr != 224.0.0.0/4 ip saddr . oifname != @local4 ip saddr . ip daddr != @nomasq4 masquerade
+		ip6 saddr @masq6 ip6 daddr != ff00::/8 ip6 saddr . oifname != @local6 ip6 saddr . ip6 daddr != @nomasq6 masquerade
 		ct status dnat meta mark & 0x02000000 == 0x02000000 masquerade
 		ct status dnat ip saddr 127.0.0.0/8 ip daddr @published4 masquerade
 	}
@@ -189,6 +191,18 @@ pub fn elements(spec: &FirewallSpec) -> Result<Vec<Element>, FirewallError> {
             // Traffic leaving through its own bridge stays on its network: not masqueraded.
             out.push(element(inet, v(v4, "masq4", "masq6"), Key::new().ip(ip)));
             out.push(element(inet, v(v4, "local4", "local6"), on_bridge()));
+            // Destinations left alone (`noMasqueradeTo`): one interval per address and CIDR
+            // of its family. The only interval set, and empty unless a network asks: its
+            // deletions cost O(elements) (pipapo), a price only those networks pay.
+            for cidr in spec.no_masquerade_to.iter().filter(|c| c.is_ipv4() == v4) {
+                out.push(Element {
+                    family: inet,
+                    set: v(v4, "nomasq4", "nomasq6"),
+                    key: Key::new().ip(ip).ip(cidr.network()).0,
+                    key_end: Some(Key::new().ip(ip).ip(last_address(cidr)).0),
+                    data: None,
+                });
+            }
         }
         if !spec.ports.is_empty() {
             // Hairpin (a neighbour on the bridge reaching the published port through the host)
@@ -322,14 +336,28 @@ pub fn parse_record(comment: &str) -> Option<Element> {
     })
 }
 
+/// The last address of `cidr` (its broadcast address for IPv4).
+fn last_address(cidr: &IpNetwork) -> IpAddr {
+    match cidr {
+        IpNetwork::V4(n) => IpAddr::V4(n.broadcast()),
+        IpNetwork::V6(n) => {
+            let host_bits = 128 - u32::from(n.prefix());
+            let mask = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+            IpAddr::V6((u128::from(n.network()) | if host_bits == 0 { 0 } else { mask }).into())
+        }
+    }
+}
+
 /// Every set of the layout, by family.
-const SETS: [(Family, &str); 23] = [
+const SETS: [(Family, &str); 25] = [
     (Family::Inet, "dnat4"),
     (Family::Inet, "dnat4any"),
     (Family::Inet, "dnat6"),
     (Family::Inet, "dnat6any"),
     (Family::Inet, "masq4"),
     (Family::Inet, "masq6"),
+    (Family::Inet, "nomasq4"),
+    (Family::Inet, "nomasq6"),
     (Family::Inet, "local4"),
     (Family::Inet, "local6"),
     (Family::Inet, "hairpin4"),
@@ -383,6 +411,22 @@ pub fn describe(e: &Element) -> String {
         "masq4" | "local4" | "hairpin4" | "published4" | "guard4" | "hostblock4" => {
             format!("address {} ({})", ip4(k), e.set)
         }
+        "nomasq4" => format!(
+            "address {} to {}-{} (nomasq4)",
+            ip4(k),
+            ip4(k.get(4..).unwrap_or(&[])),
+            ip4(e.key_end.as_deref().and_then(|k| k.get(4..)).unwrap_or(&[]))
+        ),
+        "nomasq6" => format!(
+            "address {} to {}-{} (nomasq6)",
+            ip6(k),
+            ip6(k.get(16..).unwrap_or(&[])),
+            ip6(e
+                .key_end
+                .as_deref()
+                .and_then(|k| k.get(16..))
+                .unwrap_or(&[]))
+        ),
         "masq6" | "local6" | "hairpin6" | "guard6" | "hostblock6" => {
             format!("address {} ({})", ip6(k), e.set)
         }
@@ -444,6 +488,34 @@ mod tests {
                 "runs"
             ]
         );
+    }
+
+    #[test]
+    fn exceptions_to_masquerade_are_intervals_per_address_and_family() {
+        let mut s = spec();
+        s.masquerade = true;
+        s.no_masquerade_to = vec![
+            "10.244.0.0/16".parse().expect("cidr"),
+            "fd00:244::/48".parse().expect("cidr"),
+        ];
+        let e = elements(&s).expect("e");
+        let v4 = e.iter().find(|e| e.set == "nomasq4").expect("nomasq4");
+        assert_eq!(v4.key, [10, 0, 0, 2, 10, 244, 0, 0]);
+        assert_eq!(
+            v4.key_end.as_deref(),
+            Some(&[10, 0, 0, 2, 10, 244, 255, 255][..])
+        );
+        assert_eq!(
+            describe(v4),
+            "address 10.0.0.2 to 10.244.0.0-10.244.255.255 (nomasq4)"
+        );
+        let v6 = e.iter().find(|e| e.set == "nomasq6").expect("nomasq6");
+        let end = v6.key_end.as_deref().expect("end");
+        assert_eq!(&end[16..22], &[0xfd, 0, 0x02, 0x44, 0, 0]);
+        assert!(end[22..].iter().all(|b| *b == 0xff));
+        assert_eq!(e.iter().filter(|e| e.set.starts_with("nomasq")).count(), 2);
+        let back = parse_record(&record(v4)).expect("parse");
+        assert_eq!(back.key_end, v4.key_end);
     }
 
     #[test]

@@ -186,6 +186,8 @@ pub struct FirewallSpec {
     pub addresses: Vec<IpNetwork>,
     /// Traffic leaving the network gets the host's address as source.
     pub masquerade: bool,
+    /// Destinations masquerading leaves alone (a cluster's pod and node CIDRs).
+    pub no_masquerade_to: Vec<IpNetwork>,
     pub ports: Vec<PortMapping>,
     /// Frames and packets from the sandbox must carry its own MAC and addresses.
     pub spoof_check: bool,
@@ -207,6 +209,7 @@ impl FirewallSpec {
             mac: None,
             addresses: vec![],
             masquerade: false,
+            no_masquerade_to: vec![],
             ports: vec![],
             spoof_check: false,
             isolate: false,

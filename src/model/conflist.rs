@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ipnetwork::IpNetwork;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -92,6 +93,10 @@ pub struct BridgeConf {
     /// netbox's `blockHost`: the sandbox cannot reach the host's own addresses.
     #[serde(default, deserialize_with = "block_host")]
     pub block_host: bool,
+    /// netbox's `noMasqueradeTo`: with `ipMasq`, traffic to these CIDRs (a cluster's pod and
+    /// node CIDRs) keeps the sandbox's address.
+    #[serde(default, deserialize_with = "no_masquerade_to")]
+    pub no_masquerade_to: Vec<IpNetwork>,
     #[serde(default, deserialize_with = "vlan")]
     vlan: Option<i64>,
     #[serde(default, deserialize_with = "any")]
@@ -156,6 +161,38 @@ strings!(
     plugin_type = "type", String::new();
     bridge = "bridge", default_bridge();
 );
+
+fn no_masquerade_to<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNetwork>, D::Error> {
+    const WHAT: &str = "noMasqueradeTo: must be a list of CIDRs";
+    let Some(v) = any(d)? else {
+        return Ok(vec![]);
+    };
+    let list = v.as_array().ok_or_else(|| D::Error::custom(WHAT))?;
+    list.iter()
+        .map(|c| c.as_str().ok_or_else(|| D::Error::custom(WHAT)))
+        .collect::<Result<Vec<&str>, _>>()?
+        .into_iter()
+        .map(|s| parse_cidr_list_entry(s).map_err(D::Error::custom))
+        .collect()
+}
+
+/// A CIDR of `noMasqueradeTo`: written with its prefix, without host bits.
+fn parse_cidr_list_entry(s: &str) -> Result<IpNetwork, String> {
+    let cidr: IpNetwork = s
+        .parse()
+        .map_err(|e| format!("noMasqueradeTo: {s:?} is not a CIDR: {e}"))?;
+    if !s.contains('/') {
+        return Err(format!("noMasqueradeTo: {s:?} is not a CIDR (no /prefix)"));
+    }
+    if cidr.ip() != cidr.network() {
+        return Err(format!(
+            "noMasqueradeTo: {s}: host bits are set (did you mean {}/{}?)",
+            cidr.network(),
+            cidr.prefix()
+        ));
+    }
+    Ok(cidr)
+}
 
 fn vlan<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     match any(d)? {

@@ -46,9 +46,11 @@ pub struct NetworkSpec {
 }
 
 /// The firewall a network asks for on every attachment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetworkFirewall {
     pub ip_masq: bool,
+    /// Destinations `ipMasq` leaves alone (`noMasqueradeTo`).
+    pub no_masquerade_to: Vec<IpNetwork>,
     pub mac_spoof_chk: bool,
     pub isolate: bool,
     pub isolate_networks: bool,
@@ -111,6 +113,7 @@ impl NetworkSpec {
             enable_dad: conf.enable_dad,
             firewall: NetworkFirewall {
                 ip_masq: conf.ip_masq,
+                no_masquerade_to: conf.no_masquerade_to.clone(),
                 mac_spoof_chk: conf.mac_spoof_chk,
                 isolate: conf.isolate,
                 isolate_networks: conf.isolate_networks,

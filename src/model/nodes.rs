@@ -78,7 +78,8 @@ impl NodeList {
             .collect();
         for (i, (a_node, a)) in all.iter().enumerate() {
             for (b_node, b) in &all[i + 1..] {
-                if a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+                if a.is_ipv4() == b.is_ipv4()
+                    && (a.contains(b.network()) || b.contains(a.network()))
                 {
                     return Err(NodesError::Overlap {
                         a: *a,
@@ -133,13 +134,28 @@ mod tests {
     #[test]
     fn bad_lines_are_refused_with_their_number() {
         for (text, want) in [
-            ("10.0.0.1 10.244.0.0/24\nnode2 10.244.1.0/24", "line 2: \"node2\" is not a node address"),
-            ("10.0.0.1 10.244.0.5/24", "line 1: 10.244.0.5/24: host bits are set (did you mean 10.244.0.0/24?)"),
-            ("10.0.0.1 10.244.0.0/33", "line 1: \"10.244.0.0/33\" is not a CIDR"),
-            ("10.0.0.1 10.244.0.0", "line 1: \"10.244.0.0\" is not a CIDR (no /prefix)"),
+            (
+                "10.0.0.1 10.244.0.0/24\nnode2 10.244.1.0/24",
+                "line 2: \"node2\" is not a node address",
+            ),
+            (
+                "10.0.0.1 10.244.0.5/24",
+                "line 1: 10.244.0.5/24: host bits are set (did you mean 10.244.0.0/24?)",
+            ),
+            (
+                "10.0.0.1 10.244.0.0/33",
+                "line 1: \"10.244.0.0/33\" is not a CIDR",
+            ),
+            (
+                "10.0.0.1 10.244.0.0",
+                "line 1: \"10.244.0.0\" is not a CIDR (no /prefix)",
+            ),
             ("10.0.0.1 0.0.0.0/0", "cannot cover every address"),
             ("10.0.0.1", "line 1: node 10.0.0.1 has no pod CIDR"),
-            ("10.0.0.1 10.244.0.0/24\n10.0.0.1 10.244.1.0/24", "line 2: node 10.0.0.1 is listed twice"),
+            (
+                "10.0.0.1 10.244.0.0/24\n10.0.0.1 10.244.1.0/24",
+                "line 2: node 10.0.0.1 is listed twice",
+            ),
             ("10.0.0.1 10.244.0.0/16\n10.0.0.2 10.244.1.0/24", "overlap"),
         ] {
             let err = NodeList::parse(text).expect_err(text).to_string();

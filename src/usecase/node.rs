@@ -294,7 +294,10 @@ impl Plan {
                     "a route to {} exists that netbox did not make ({} dev {dev}, protocol {}); \
                      remove it or the node's entry",
                     w.dst,
-                    describe_route(&TableRoute { oif: None, ..r.clone() }),
+                    describe_route(&TableRoute {
+                        oif: None,
+                        ..r.clone()
+                    }),
                     r.protocol
                 )));
             }
@@ -343,8 +346,16 @@ impl Plan {
 
     fn route_in_words(&self, w: &Wanted, host: &HostView) -> String {
         match w.oif {
-            Some(i) => format!("{} via {} dev {} (host-gw)", w.dst, w.gateway, host.link_name(i)),
-            None => format!("{} via {} dev {VXLAN_DEVICE} onlink (vxlan)", w.dst, w.gateway),
+            Some(i) => format!(
+                "{} via {} dev {} (host-gw)",
+                w.dst,
+                w.gateway,
+                host.link_name(i)
+            ),
+            None => format!(
+                "{} via {} dev {VXLAN_DEVICE} onlink (vxlan)",
+                w.dst, w.gateway
+            ),
         }
     }
 
@@ -383,7 +394,11 @@ impl Plan {
             }
         }
         for (mac, dst) in &host.fdb {
-            if !self.peers.iter().any(|p| p.mac == *mac && IpAddr::V4(p.node) == *dst) {
+            if !self
+                .peers
+                .iter()
+                .any(|p| p.mac == *mac && IpAddr::V4(p.node) == *dst)
+            {
                 out.push(format!(
                     "- fdb {} dst {dst}",
                     crate::sys::netlink::format_mac(mac)
@@ -457,7 +472,11 @@ impl Plan {
             nl.ensure_address(link, vtep).await?;
         }
         for (mac, dst) in &host.fdb {
-            if !self.peers.iter().any(|p| p.mac == *mac && IpAddr::V4(p.node) == *dst) {
+            if !self
+                .peers
+                .iter()
+                .any(|p| p.mac == *mac && IpAddr::V4(p.node) == *dst)
+            {
                 nl.delete_vxlan_fdb(link, *mac, *dst).await?;
             }
         }

@@ -379,11 +379,9 @@ impl RuntimeArgs {
             }
             // Read as host-local reads it; a shape error does not decode (6), a bad subnet
             // or range cannot be served (7).
-            self.ip_ranges = range_sets_from_json(section.get("ipRanges"), "ipRanges")
-                .map_err(|e| match e {
-                    IpamError::BadField { .. } => {
-                        decode(format!("runtimeConfig.ipRanges: {e}"))
-                    }
+            self.ip_ranges =
+                range_sets_from_json(section.get("ipRanges"), "ipRanges").map_err(|e| match e {
+                    IpamError::BadField { .. } => decode(format!("runtimeConfig.ipRanges: {e}")),
                     e => CniError::config(format!("runtimeConfig.ipRanges: {e}")),
                 })?;
         }

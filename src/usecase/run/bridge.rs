@@ -159,7 +159,7 @@ pub(super) fn run(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
 
 /// True when the run makes rules (and with them anti-spoofing, its port locked to its MAC).
 fn wants_firewall(spec: &RunSpec, network: &NetworkSpec) -> bool {
-    let wanted = network.firewall;
+    let wanted = &network.firewall;
     spec.masquerade.unwrap_or(wanted.ip_masq)
         || !spec.publish.is_empty()
         || spec.isolate
@@ -182,12 +182,13 @@ fn firewall_spec(
     if !wants_firewall(spec, network) {
         return None;
     }
-    let wanted = network.firewall;
+    let wanted = &network.firewall;
     let masquerade = spec.masquerade.unwrap_or(wanted.ip_masq);
     let mut fw = FirewallSpec::new(owner.clone(), &attached.bridge.name, &attached.host.name);
     fw.mac = attached.sandbox.mac;
     fw.addresses = attached.addresses.clone();
     fw.masquerade = masquerade;
+    fw.no_masquerade_to = wanted.no_masquerade_to.clone();
     fw.ports = spec.publish.clone();
     fw.spoof_check = true;
     fw.isolate = spec.isolate || wanted.isolate;

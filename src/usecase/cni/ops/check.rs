@@ -108,7 +108,8 @@ pub(super) fn check(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniEr
                 let leases = open_store(conf, cfg)?.leases_of(&owner(env))?;
                 // Without the runtime's ranges (not passed on this CHECK) every address is
                 // taken to be the store's.
-                let ours = |ip: std::net::IpAddr| cfg.range_sets.is_empty() || cfg.set_of(ip).is_some();
+                let ours =
+                    |ip: std::net::IpAddr| cfg.range_sets.is_empty() || cfg.set_of(ip).is_some();
                 for ip in ips.iter().filter(|ip| ours(ip.address.ip())) {
                     if !leases.iter().any(|l| l.ip == ip.address.ip()) {
                         return Err(mismatch(format!(

@@ -74,6 +74,7 @@ pub(super) fn firewall_spec(
     spec.mac = mac;
     spec.addresses = addresses;
     spec.masquerade = conf.net.ip_masq;
+    spec.no_masquerade_to = conf.net.no_masquerade_to.clone();
     spec.ports = conf.port_mappings.clone();
     spec.spoof_check = conf.net.mac_spoof_chk;
     spec.isolate = conf.net.isolate;
