@@ -11,8 +11,8 @@
 //!
 //! Each pair of nodes is two network namespaces joined by a veth (the underlay); each pod is a
 //! namespace on its node's bridge. iperf3 runs in the pods. Runs as root in a private network
-//! + mount namespace: `sudo cargo bench --bench multinode [-- ROUNDS]` (default 5 rounds of
-//! 2 s per path).
+//! and mount namespace: `sudo cargo bench --bench multinode [-- ROUNDS]` (default 5 rounds
+//! of 2 s per path).
 
 mod common;
 
