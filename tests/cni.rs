@@ -78,7 +78,7 @@ fn cni(env: &[(&str, &str)], stdin: &str) -> Answer {
 }
 
 /// The usual environment of one attachment.
-fn env_of<'a>(command: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+pub(crate) fn env_of<'a>(command: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("CNI_COMMAND", command),
         ("CNI_CONTAINERID", id),

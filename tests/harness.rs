@@ -212,6 +212,22 @@ pub fn cni_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netbox-cni")))
 }
 
+/// Runs `cmd` with `stdin` written to its input and its output collected (a CNI plugin call).
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        // A program that does not read its input (VERSION) closes the pipe: fine.
+        let _ = input.write_all(stdin);
+    }
+    child.wait_with_output().expect("waiting for the command")
+}
+
 /// A fresh `netbox` command.
 pub fn netbox() -> Command {
     Command::new(netbox_bin())

@@ -16,7 +16,8 @@ use netbox::lab::topology::Topology;
 use netbox::lab::{BuildOptions, Lab};
 use netbox::sys::netns::{self, NetNs};
 
-use crate::harness::{self, cni_bin, netbox_bin, private_host};
+use crate::cni::env_of;
+use crate::harness::{self, cni_bin, netbox_bin, private_host, run_with_stdin};
 
 /// A node of the simulated cluster: its lab name, address and pod CIDR.
 struct ClusterNode {
@@ -47,34 +48,15 @@ fn pod_conf(node: &ClusterNode, no_masq: &[&str], mtu: u32) -> String {
 /// Runs netbox-cni inside `node` with `env` and `stdin`; returns (exit ok, parsed stdout).
 fn cni_in(lab: &Lab, node: &str, env: &[(&str, &str)], stdin: &str) -> (bool, Value) {
     let mut cmd = lab.command(node, cni_bin()).expect("command in node");
-    let mut child = cmd
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start netbox-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write conf");
-    let out = child.wait_with_output().expect("wait netbox-cni");
+    answer(cmd.env_clear().envs(env.iter().copied()), stdin)
+}
+
+/// The plugin's exit status and its answer.
+fn answer(cmd: &mut Command, stdin: &str) -> (bool, Value) {
+    let out = run_with_stdin(cmd, stdin.as_bytes());
     let text = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(&text).unwrap_or(Value::Null);
     (out.status.success(), json)
-}
-
-fn cni_env<'a>(command: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CNI_COMMAND", command),
-        ("CNI_CONTAINERID", id),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_PATH", "/usr/lib/cni"),
-    ]
 }
 
 /// Adds PODS pods on every node; returns each pod's (namespace, address).
@@ -86,7 +68,7 @@ fn add_pods(lab: &Lab, nodes: &[ClusterNode], no_masq: &[&str], mtu: u32) -> Vec
             let ns = pod_ns(node.name, i);
             netns::create_named(&ns).expect("pod netns");
             let path = format!("/run/netns/{ns}");
-            let (ok, result) = cni_in(lab, node.name, &cni_env("ADD", &ns, &path), &conf);
+            let (ok, result) = cni_in(lab, node.name, &env_of("ADD", &ns, &path), &conf);
             assert!(ok, "ADD {ns} on {}: {result}", node.name);
             let ip: IpAddr = result["ips"][0]["address"]
                 .as_str()
@@ -326,7 +308,7 @@ fn three_nodes_on_one_switch_route_pods_host_gw_without_masquerade() {
     let (ok, answer) = cni_in(
         &lab,
         "n1",
-        &cni_env("CHECK", pod, &path),
+        &env_of("CHECK", pod, &path),
         &with_prev(&conf, pod_ip),
     );
     assert!(ok, "CHECK: {answer}");
@@ -583,24 +565,11 @@ fn ip_ranges_from_the_runtime_are_served_checked_and_released_without_them() {
     };
     let run = |command: &str, id: &str, ns: &str, stdin: &str| -> (bool, Value) {
         let path = format!("/run/netns/{ns}");
-        let mut child = Command::new(cni_bin())
-            .env_clear()
-            .envs(cni_env(command, id, &path))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("netbox-cni");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write");
-        let out = child.wait_with_output().expect("wait");
-        let text = String::from_utf8_lossy(&out.stdout);
-        (
-            out.status.success(),
-            serde_json::from_str(&text).unwrap_or(Value::Null),
+        answer(
+            Command::new(cni_bin())
+                .env_clear()
+                .envs(env_of(command, id, &path)),
+            stdin,
         )
     };
     netns::create_named("pod").expect("netns");

@@ -19,7 +19,7 @@ use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use netlink_packet_route::route::{RouteAddress, RouteMessage, RouteScope};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use thiserror::Error;
@@ -636,6 +636,16 @@ impl Netlink {
 
     /// The main table's routes, both families.
     pub async fn routes(&self) -> Result<Vec<Route>> {
+        Ok(self
+            .route_dump()
+            .await?
+            .iter()
+            .filter_map(route_from_message)
+            .collect())
+    }
+
+    /// Every route the kernel reports, both families, in one round trip.
+    async fn route_dump(&self) -> Result<Vec<RouteMessage>> {
         let dump = |query: RouteMessage| async move {
             self.handle
                 .route()
@@ -646,15 +656,12 @@ impl Netlink {
                 .map_err(|e| request_error("listing routes".into(), e))
         };
         // Both families in one round trip.
-        let (v4, v6) = futures::try_join!(
+        let (mut v4, v6) = futures::try_join!(
             dump(RouteMessageBuilder::<Ipv4Addr>::new().build()),
             dump(RouteMessageBuilder::<Ipv6Addr>::new().build())
         )?;
-        Ok(v4
-            .iter()
-            .chain(v6.iter())
-            .filter_map(route_from_message)
-            .collect())
+        v4.extend(v6);
+        Ok(v4)
     }
 
     /// Turns hairpin mode of a bridge port on or off (frames may leave by the port they came in,
@@ -881,35 +888,11 @@ fn family_of(v4: bool) -> AddressFamily {
 }
 
 fn route_from_message(msg: &RouteMessage) -> Option<Route> {
-    if msg.header.table != RouteMessage::default().header.table
-        && msg.header.table != netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
-    {
-        return None;
-    }
-    let mut dst = None;
-    let mut gateway = None;
-    let mut oif = None;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Destination(a) => dst = route_ip(a),
-            RouteAttribute::Gateway(a) => gateway = route_ip(a),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Table(t)
-                if *t != u32::from(netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN) =>
-            {
-                return None
-            }
-            _ => {}
-        }
-    }
-    let prefix = msg.header.destination_prefix_length;
-    let dst = match (dst, msg.header.address_family) {
-        (Some(ip), _) => IpNetwork::new(ip, prefix).ok()?,
-        (None, AddressFamily::Inet) => IpNetwork::new(Ipv4Addr::UNSPECIFIED.into(), 0).ok()?,
-        (None, AddressFamily::Inet6) => IpNetwork::new(Ipv6Addr::UNSPECIFIED.into(), 0).ok()?,
-        _ => return None,
-    };
-    Some(Route { dst, gateway, oif })
+    node_routes::table_route(msg).map(|r| Route {
+        dst: r.dst,
+        gateway: r.gateway,
+        oif: r.oif,
+    })
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {

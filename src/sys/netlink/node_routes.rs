@@ -11,10 +11,10 @@ use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
 };
 use netlink_packet_route::route::{
-    RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
 };
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{LinkVxlan, RouteMessageBuilder};
+use rtnetlink::LinkVxlan;
 
 use super::{errno_of, request_error, route_ip, validate_ifname, Link, NetlinkError, Result};
 
@@ -48,20 +48,12 @@ pub struct NodeVxlanSpec {
 impl super::Netlink {
     /// Every route of the main table, both families, with its protocol.
     pub async fn main_table_routes(&self) -> Result<Vec<TableRoute>> {
-        let dump = |query: RouteMessage| async move {
-            self.handle
-                .route()
-                .get(query)
-                .execute()
-                .try_collect::<Vec<RouteMessage>>()
-                .await
-                .map_err(|e| request_error("listing routes".into(), e))
-        };
-        let (v4, v6) = futures::try_join!(
-            dump(RouteMessageBuilder::<Ipv4Addr>::new().build()),
-            dump(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        )?;
-        Ok(v4.iter().chain(v6.iter()).filter_map(table_route).collect())
+        Ok(self
+            .route_dump()
+            .await?
+            .iter()
+            .filter_map(table_route)
+            .collect())
     }
 
     /// Adds `route` with netbox's node protocol, replacing a route of the same destination
@@ -252,55 +244,33 @@ pub fn describe(route: &TableRoute) -> String {
 }
 
 fn node_route_message(route: &TableRoute) -> RouteMessage {
-    let mut msg = match route.dst {
-        IpNetwork::V4(d) => {
-            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(d.network(), d.prefix())
-                .protocol(RouteProtocol::Other(NODE_ROUTE_PROTOCOL));
-            if let Some(IpAddr::V4(g)) = route.gateway {
-                b = b.gateway(g);
-            }
-            if let Some(oif) = route.oif {
-                b = b.output_interface(oif);
-            }
-            b.build()
-        }
-        IpNetwork::V6(d) => {
-            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
-                .destination_prefix(d.network(), d.prefix())
-                .protocol(RouteProtocol::Other(NODE_ROUTE_PROTOCOL));
-            if let Some(IpAddr::V6(g)) = route.gateway {
-                b = b.gateway(g);
-            }
-            if let Some(oif) = route.oif {
-                b = b.output_interface(oif);
-            }
-            b.build()
-        }
-    };
+    let mut msg = super::route_message(route.oif.unwrap_or(0), route.dst, route.gateway);
+    if route.oif.is_none() {
+        msg.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Oif(_)));
+    }
+    msg.header.protocol = RouteProtocol::Other(NODE_ROUTE_PROTOCOL);
     if route.onlink {
         msg.header.flags.insert(RouteFlags::Onlink);
-    }
-    if route.gateway.is_none() {
-        msg.header.scope = RouteScope::Link;
     }
     msg
 }
 
-fn table_route(msg: &RouteMessage) -> Option<TableRoute> {
-    let mut table = u32::from(msg.header.table);
+/// A route of the main table as the kernel reports it (None for other tables).
+pub(super) fn table_route(msg: &RouteMessage) -> Option<TableRoute> {
+    let main = RouteHeader::RT_TABLE_MAIN;
+    if msg.header.table != RouteMessage::default().header.table && msg.header.table != main {
+        return None;
+    }
     let (mut dst, mut gateway, mut oif) = (None, None, None);
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Destination(a) => dst = route_ip(a),
             RouteAttribute::Gateway(a) => gateway = route_ip(a),
             RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Table(t) if *t != u32::from(main) => return None,
             _ => {}
         }
-    }
-    if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-        return None;
     }
     let prefix = msg.header.destination_prefix_length;
     let dst = match (dst, msg.header.address_family) {
