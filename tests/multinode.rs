@@ -165,8 +165,8 @@ fn state_of(lab: &Lab, node: &str) -> String {
         lab,
         node,
         // Details of VXLAN devices only: a bridge's details hold running timers; learned
-        // FDB entries come and go with traffic.
-        "ip route show table all; ip link show; ip -d link show type vxlan; \
+        // FDB entries come and go with traffic, link-local routes with IPv6 DAD.
+        "ip route show table all | grep -v fe80::; ip link show; ip -d link show type vxlan; \
          bridge fdb show | grep permanent; ip neigh show nud permanent",
     )
 }
@@ -367,18 +367,38 @@ fn three_nodes_on_one_switch_route_pods_host_gw_without_masquerade() {
         .args(["node", "routes", "--watch", "--interval", "0.1"])
         .arg(&file)
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start --watch");
     write_nodes(&file, &FLAT.iter().collect::<Vec<_>>());
     harness::eventually("--watch adds n3's route", || {
         sh_in(&lab, "n1", "ip route show proto 78").contains("10.244.3.0/24")
     });
+    // A bad version is reported and changes nothing; the watcher goes on.
+    let before = sh_in(&lab, "n1", "ip route show proto 78");
+    std::fs::write(&file, "192.168.60.2 10.244.2.5/24\n").expect("write");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sh_in(&lab, "n1", "ip route show proto 78"), before);
+    assert!(
+        watcher.try_wait().expect("try_wait").is_none(),
+        "--watch ended"
+    );
     write_nodes(&file, &[&FLAT[0]]);
     harness::eventually("--watch removes n2's and n3's routes", || {
         sh_in(&lab, "n1", "ip route show proto 78").is_empty()
     });
     let _ = watcher.kill();
     let _ = watcher.wait();
+
+    // A device of another kind under the VXLAN device's name is not netbox's: refused.
+    sh_in(&lab, "n2", "ip link add nbx-vxlan type bridge");
+    let before = state_of(&lab, "n2");
+    write_nodes(&file, &FLAT.iter().collect::<Vec<_>>());
+    let out = node_routes(&lab, "n2", &file, &["--vxlan"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not netbox's VXLAN device"), "{err}");
+    assert_eq!(state_of(&lab, "n2"), before);
 }
 
 fn with_prev(conf: &str, ip: &IpAddr) -> String {
