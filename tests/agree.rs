@@ -233,6 +233,8 @@ fn run_and_the_plugin_agree_on_every_bridge_key() {
         json!({"enabledad": true}),
         json!({"macspoofchk": true}),
         json!({"ipMasq": true}),
+        json!({"ipMasq": true, "noMasqueradeTo": ["10.244.0.0/16", "192.168.1.0/24"]}),
+        json!({"noMasqueradeTo": ["10.244.0.5/16"]}),
         json!({"isGateway": false, "isDefaultGateway": false}),
         json!({"isDefaultGateway": false}),
         json!({"mtu": 1400}),

@@ -643,6 +643,19 @@ fn ip_ranges_from_the_runtime_are_served_checked_and_released_without_them() {
         "{err}"
     );
 
+    // STATUS without them has no pool to judge: the plugin is ready.
+    let status = json!({"cniVersion": "1.1.0", "name": "k8s", "type": "netbox-cni",
+                        "bridge": "cni0", "ipam": {"type": "netbox"}})
+    .to_string();
+    let (ok, err) = answer(
+        Command::new(cni_bin())
+            .env_clear()
+            .env("CNI_COMMAND", "STATUS")
+            .env("CNI_PATH", "/usr/lib/cni"),
+        &status,
+    );
+    assert!(ok, "STATUS: {err}");
+
     // DEL without the runtime's ranges (a cleanup process that never knew them) releases the
     // lease.
     let (ok, err) = run("DEL", "c1", "pod", &conf(Value::Null, ipam.clone()));

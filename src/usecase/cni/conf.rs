@@ -231,8 +231,9 @@ impl NetConf {
         let net = BridgeConf::decode(&v).map_err(refused)?;
         let runtime = RuntimeArgs::parse(&v, env)?;
         // DEL, CHECK and GC work by owner: a runtime that no longer passes its ranges (or a
-        // cleanup process that never knew them) must not make them fail.
-        let ranges_required = matches!(env.command, Command::Add | Command::Status);
+        // cleanup process that never knew them) must not make them fail; STATUS without
+        // ranges has no pool to judge, and must not report a ready plugin as broken.
+        let ranges_required = env.command == Command::Add;
         let net = net
             .with_runtime_ipam(runtime.ip_ranges.clone(), ranges_required)
             .map_err(refused)?;
