@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use netbox::usecase::node::{self, Change, NodeRoutesSpec};
+use netbox::usecase::node::{self, Change, NodeRoutesSpec, WatchTiming};
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
@@ -30,6 +30,15 @@ pub struct RoutesArgs {
         requires = "watch"
     )]
     interval: f64,
+    /// How often --watch applies the file even when it did not change (what someone else
+    /// removed comes back), in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30.0,
+        requires = "watch"
+    )]
+    resync: f64,
     /// Every peer through the VXLAN device, also those on a shared subnet (host-gw).
     #[arg(long)]
     vxlan: bool,
@@ -54,20 +63,22 @@ pub fn run(cmd: NodeCommand) -> i32 {
         ..NodeRoutesSpec::new(args.file)
     };
     if args.watch {
-        if !(args.interval.is_finite() && args.interval >= 0.1) {
-            eprintln!("netbox: --interval must be at least 0.1 seconds");
-            return 125;
+        for (flag, value) in [("--interval", args.interval), ("--resync", args.resync)] {
+            if !(value.is_finite() && (0.1..=86_400.0).contains(&value)) {
+                eprintln!("netbox: {flag} must be between 0.1 and 86400 seconds");
+                return 125;
+            }
         }
-        node::watch(
-            &spec,
-            Duration::from_secs_f64(args.interval),
-            &mut |r| match r {
-                Ok(changes) => print_changes(changes),
-                Err(e) => {
-                    crate::fail(e);
-                }
-            },
-        )
+        let timing = WatchTiming {
+            interval: Duration::from_secs_f64(args.interval),
+            resync: Duration::from_secs_f64(args.resync),
+        };
+        node::watch(&spec, timing, &mut |r| match r {
+            Ok(changes) => print_changes(changes),
+            Err(e) => {
+                crate::fail(e);
+            }
+        })
     }
     match node::apply(&spec) {
         Ok(changes) => {

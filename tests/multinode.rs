@@ -364,7 +364,15 @@ fn three_nodes_on_one_switch_route_pods_host_gw_without_masquerade() {
     write_nodes(&file, &[&FLAT[0], &FLAT[1]]);
     let mut watcher = lab.command("n1", netbox_bin()).expect("command");
     let mut watcher = watcher
-        .args(["node", "routes", "--watch", "--interval", "0.1"])
+        .args([
+            "node",
+            "routes",
+            "--watch",
+            "--interval",
+            "0.1",
+            "--resync",
+            "0.5",
+        ])
         .arg(&file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -372,6 +380,11 @@ fn three_nodes_on_one_switch_route_pods_host_gw_without_masquerade() {
         .expect("start --watch");
     write_nodes(&file, &FLAT.iter().collect::<Vec<_>>());
     harness::eventually("--watch adds n3's route", || {
+        sh_in(&lab, "n1", "ip route show proto 78").contains("10.244.3.0/24")
+    });
+    // A route removed behind its back comes back at the next resync.
+    sh_in(&lab, "n1", "ip route del 10.244.3.0/24");
+    harness::eventually("--watch restores n3's route", || {
         sh_in(&lab, "n1", "ip route show proto 78").contains("10.244.3.0/24")
     });
     // A bad version is reported and changes nothing; the watcher goes on.

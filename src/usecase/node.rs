@@ -15,7 +15,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
@@ -84,35 +84,48 @@ fn apply_text(spec: &NodeRoutesSpec, text: &str) -> Result<Vec<Change>> {
     })
 }
 
-/// Re-applies the node file whenever its content changes, checking every `interval`. A file
-/// that does not read or parse is reported through `on_result` and leaves the routes as they
-/// are; the next good version is applied.
+/// How `--watch` polls.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchTiming {
+    /// How often the file is read.
+    pub interval: Duration,
+    /// How often the file is applied even when it did not change: what someone else removed
+    /// or changed (a route deleted by hand, the device gone) comes back, as a controller's
+    /// periodic resync does.
+    pub resync: Duration,
+}
+
+/// Applies the node file whenever its content changes, and every `resync` whatever happens;
+/// reads it every `interval`. A version that does not read or parse is reported once through
+/// `on_result` (and again at each resync) and leaves the routes as they are; the next good
+/// version is applied.
 ///
 /// The file is polled rather than watched with inotify: a Kubernetes ConfigMap volume swaps
 /// a symlinked directory (an inotify watch on the file misses it) and editors replace files
-/// by rename; reading a small file every few seconds sees every kind of update.
+/// by rename; reading a small file every few seconds sees every kind of update, and the
+/// resync needs a timer anyway.
 pub fn watch(
     spec: &NodeRoutesSpec,
-    interval: Duration,
+    timing: WatchTiming,
     on_result: &mut dyn FnMut(&Result<Vec<Change>>),
 ) -> ! {
-    let mut applied: Option<String> = None;
+    // What was last read (the text, or the read error's message) and when it was applied.
+    let mut last: Option<std::result::Result<String, String>> = None;
+    let mut applied_at: Option<Instant> = None;
     loop {
-        match std::fs::read_to_string(&spec.file) {
-            Ok(text) if applied.as_deref() != Some(text.as_str()) => {
-                let result = apply_text(spec, &text);
-                if result.is_ok() {
-                    applied = Some(text);
-                }
-                on_result(&result);
-            }
-            Ok(_) => {}
-            Err(source) => on_result(&Err(Error::Io {
-                context: format!("reading node file {}", spec.file.display()),
-                source,
-            })),
+        let read = std::fs::read_to_string(&spec.file).map_err(|source| Error::Io {
+            context: format!("reading node file {}", spec.file.display()),
+            source,
+        });
+        let seen = read.as_ref().map(String::clone).map_err(|e| e.to_string());
+        let due = applied_at.is_none_or(|t| t.elapsed() >= timing.resync);
+        if due || last.as_ref() != Some(&seen) {
+            let result = read.and_then(|text| apply_text(spec, &text));
+            applied_at = Some(Instant::now());
+            last = Some(seen);
+            on_result(&result);
         }
-        std::thread::sleep(interval);
+        std::thread::sleep(timing.interval);
     }
 }
 
