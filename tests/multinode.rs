@@ -577,6 +577,26 @@ fn nodes_on_two_subnets_behind_a_router_reach_each_other_through_vxlan() {
         "{n2}"
     );
 
+    // Another VNI: the device is made again (its entries and routes with it); back to the
+    // default, the pods reach each other again.
+    let out = node_routes_ok(&lab, "n1", &file, &["--vni", "7"]);
+    assert!(out.contains("- device nbx-vxlan"), "{out}");
+    assert!(sh_in(&lab, "n1", "ip -d link show nbx-vxlan").contains("vxlan id 7 "));
+    let routes = sh_in(&lab, "n1", "ip route show proto 78");
+    assert!(
+        routes.contains("10.244.2.0/24 via 10.244.2.0 dev nbx-vxlan onlink"),
+        "{routes}"
+    );
+    assert!(sh_in(&lab, "n1", "bridge fdb show dev nbx-vxlan").contains("dst 192.168.62.10"));
+    assert!(seen_by(&pods[0].0, SocketAddr::new(n2_pod.1, PORT)).is_err());
+    node_routes_ok(&lab, "n1", &file, &[]);
+    assert!(sh_in(&lab, "n1", "ip -d link show nbx-vxlan").contains("vxlan id 1 "));
+    assert_eq!(
+        seen_by(&pods[0].0, SocketAddr::new(n2_pod.1, PORT)).expect("n1 -> n2"),
+        pods[0].1
+    );
+    assert_eq!(node_routes_ok(&lab, "n1", &file, &[]), "");
+
     // An empty file: every route and the device go.
     std::fs::write(&file, "").expect("write");
     node_routes_ok(&lab, "n1", &file, &[]);

@@ -21,7 +21,7 @@ use ipnetwork::IpNetwork;
 
 use crate::model::nodes::{Node, NodeList};
 use crate::sys::netlink::{
-    describe_route, Link, Netlink, NodeVxlanSpec, TableRoute, NODE_ROUTE_PROTOCOL,
+    describe_route, Link, Netlink, NodeVxlanSpec, TableRoute, VxlanParams, NODE_ROUTE_PROTOCOL,
 };
 use crate::sys::runtime::current_thread;
 use crate::{Error, Result};
@@ -76,7 +76,22 @@ fn apply_text(spec: &NodeRoutesSpec, text: &str) -> Result<Vec<Change>> {
         let nl = Netlink::connect()?;
         let host = HostView::read(&nl).await?;
         let plan = Plan::new(spec, &list, &host)?;
-        let changes = plan.changes(&host);
+        let mut changes = Vec::new();
+        // A device made for another VNI, port, local address or MAC (the node's address
+        // changed) is made again.
+        let host = match plan.stale_device(&host) {
+            Some(old) => {
+                changes.push(format!(
+                    "- device {VXLAN_DEVICE} (its VNI, port, local address or MAC changed)"
+                ));
+                if !spec.dry_run {
+                    nl.delete_link_index(old.index, &old.name).await?;
+                }
+                host.without_vxlan()
+            }
+            None => host,
+        };
+        changes.extend(plan.changes(&host));
         if !spec.dry_run {
             plan.execute(&nl, &host).await?;
         }
@@ -136,6 +151,7 @@ struct HostView {
     links: Vec<Link>,
     routes: Vec<TableRoute>,
     vxlan: Option<Link>,
+    vxlan_params: Option<VxlanParams>,
     fdb: Vec<([u8; 6], IpAddr)>,
     neighbours: Vec<(IpAddr, [u8; 6])>,
 }
@@ -163,18 +179,40 @@ impl HostView {
                 )));
             }
         }
-        let (fdb, neighbours) = match &vxlan {
-            Some(v) => (nl.vxlan_fdb(v).await?, nl.permanent_neighbours(v).await?),
-            None => (vec![], vec![]),
+        let (fdb, neighbours, vxlan_params) = match &vxlan {
+            Some(v) => (
+                nl.vxlan_fdb(v).await?,
+                nl.permanent_neighbours(v).await?,
+                nl.vxlan_params(&v.name).await?,
+            ),
+            None => (vec![], vec![], None),
         };
         Ok(HostView {
             addresses,
             links,
             routes: nl.main_table_routes().await?,
             vxlan,
+            vxlan_params,
             fdb,
             neighbours,
         })
+    }
+
+    /// The host as it is once the VXLAN device is gone (with its entries and routes).
+    fn without_vxlan(self) -> HostView {
+        let index = self.vxlan.as_ref().map(|v| v.index);
+        HostView {
+            routes: self
+                .routes
+                .into_iter()
+                .filter(|r| r.oif.is_none() || r.oif != index)
+                .collect(),
+            vxlan: None,
+            vxlan_params: None,
+            fdb: vec![],
+            neighbours: vec![],
+            ..self
+        }
     }
 
     fn is_local(&self, ip: IpAddr) -> bool {
@@ -346,6 +384,17 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The existing VXLAN device when it is not the one the plan needs.
+    fn stale_device<'h>(&self, host: &'h HostView) -> Option<&'h Link> {
+        let (spec, link) = (self.vxlan.as_ref()?, host.vxlan.as_ref()?);
+        let wanted = VxlanParams {
+            vni: spec.vni,
+            port: spec.port,
+            local: spec.local,
+        };
+        (link.mac != Some(spec.mac) || host.vxlan_params != Some(wanted)).then_some(link)
+    }
+
     /// The kernel route of `w`, given the VXLAN device's index.
     fn route(w: &Wanted, vxlan: Option<u32>) -> TableRoute {
         TableRoute {
@@ -441,7 +490,7 @@ impl Plan {
             }
         }
         let vxlan = match (&self.vxlan, &host.vxlan) {
-            (Some(spec), Some(existing)) => Some(self.sync_vxlan(nl, host, spec, existing).await?),
+            (Some(_), Some(existing)) => Some(self.sync_vxlan(nl, host, existing).await?),
             (Some(spec), None) => {
                 let link = nl.create_node_vxlan(spec).await?;
                 let fresh = HostView {
@@ -449,7 +498,7 @@ impl Plan {
                     neighbours: vec![],
                     ..HostView::read(nl).await?
                 };
-                Some(self.sync_vxlan(nl, &fresh, spec, &link).await?)
+                Some(self.sync_vxlan(nl, &fresh, &link).await?)
             }
             (None, Some(existing)) => {
                 nl.delete_link_index(existing.index, &existing.name).await?;
@@ -457,9 +506,11 @@ impl Plan {
             }
             (None, None) => None,
         };
+        // Read again: routes through a device that went went with it.
+        let current = nl.main_table_routes().await?;
         for w in &self.routes {
             let route = Plan::route(w, vxlan.as_ref().map(|l| l.index));
-            if !host.owned_routes().any(|r| *r == route) {
+            if !current.contains(&route) {
                 nl.replace_node_route(&route).await?;
             }
         }
@@ -467,20 +518,7 @@ impl Plan {
     }
 
     /// The device's address and entries made to match the plan; returns the device.
-    async fn sync_vxlan(
-        &self,
-        nl: &Netlink,
-        host: &HostView,
-        spec: &NodeVxlanSpec,
-        link: &Link,
-    ) -> Result<Link> {
-        if link.mac != Some(spec.mac) {
-            return Err(Error::Config(format!(
-                "\"{VXLAN_DEVICE}\" has another MAC than this node's ({}): the node's \
-                 address changed; delete the device and run again",
-                crate::sys::netlink::format_mac(&spec.mac)
-            )));
-        }
+    async fn sync_vxlan(&self, nl: &Netlink, host: &HostView, link: &Link) -> Result<Link> {
         if let Some(vtep) = self.local_vtep {
             nl.ensure_address(link, vtep).await?;
         }

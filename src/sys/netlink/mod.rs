@@ -32,7 +32,9 @@ mod node_routes;
 mod tc;
 mod vxlan;
 pub use neigh::{add_permanent_neighbors_batch, NeighborEntry};
-pub use node_routes::{describe as describe_route, NodeVxlanSpec, TableRoute, NODE_ROUTE_PROTOCOL};
+pub use node_routes::{
+    describe as describe_route, NodeVxlanSpec, TableRoute, VxlanParams, NODE_ROUTE_PROTOCOL,
+};
 pub use tc::{NetemSpec, TbfSpec};
 pub use vxlan::VxlanSpec;
 

@@ -32,6 +32,14 @@ pub struct TableRoute {
     pub protocol: u8,
 }
 
+/// What identifies a VXLAN tunnel: VNI, UDP port, local address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VxlanParams {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Option<Ipv4Addr>,
+}
+
 /// A VXLAN device between nodes: unicast only (entries say where each peer is), no learning.
 #[derive(Debug, Clone)]
 pub struct NodeVxlanSpec {
@@ -119,6 +127,43 @@ impl super::Netlink {
             .ok_or_else(|| NetlinkError::LinkNotFound {
                 name: spec.name.clone(),
             })
+    }
+
+    /// A VXLAN device's VNI, UDP port and local address as the kernel reports them; None when
+    /// there is no such device or it is not VXLAN.
+    pub async fn vxlan_params(&self, name: &str) -> Result<Option<VxlanParams>> {
+        use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        let msg = match req.try_next().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(None),
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(request_error(format!("looking up \"{name}\""), e)),
+        };
+        let data = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                LinkInfo::Data(InfoData::Vxlan(v)) => Some(v),
+                _ => None,
+            }),
+            _ => None,
+        });
+        Ok(data.map(|v| {
+            let mut p = VxlanParams::default();
+            for item in v {
+                match item {
+                    InfoVxlan::Id(id) => p.vni = *id,
+                    InfoVxlan::Port(port) => p.port = *port,
+                    InfoVxlan::Local(local) => p.local = Some(*local),
+                    _ => {}
+                }
+            }
+            p
+        }))
     }
 
     /// The unicast forwarding entries of a VXLAN device: (peer MAC, peer address).
