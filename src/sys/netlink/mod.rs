@@ -228,6 +228,14 @@ impl Netlink {
 
     /// Looks a link up by name; `None` when absent.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
+        Ok(self
+            .link_message_by_name(name)
+            .await?
+            .map(|msg| link_from_message(&msg)))
+    }
+
+    /// The kernel's message about the link `name`; `None` when absent.
+    async fn link_message_by_name(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut req = self
             .handle
             .link()
@@ -235,8 +243,7 @@ impl Netlink {
             .match_name(name.to_string())
             .execute();
         match req.try_next().await {
-            Ok(Some(msg)) => Ok(Some(link_from_message(&msg))),
-            Ok(None) => Ok(None),
+            Ok(msg) => Ok(msg),
             Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(request_error(format!("looking up \"{name}\""), e)),
         }

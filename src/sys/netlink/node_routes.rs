@@ -133,17 +133,8 @@ impl super::Netlink {
     /// there is no such device or it is not VXLAN.
     pub async fn vxlan_params(&self, name: &str) -> Result<Option<VxlanParams>> {
         use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo};
-        let mut req = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        let msg = match req.try_next().await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return Ok(None),
-            Err(e) if errno_of(&e) == Some(libc::ENODEV) => return Ok(None),
-            Err(e) => return Err(request_error(format!("looking up \"{name}\""), e)),
+        let Some(msg) = self.link_message_by_name(name).await? else {
+            return Ok(None);
         };
         let data = msg.attributes.iter().find_map(|a| match a {
             LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
