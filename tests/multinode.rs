@@ -697,3 +697,102 @@ fn ip_ranges_from_the_runtime_are_served_checked_and_released_without_them() {
     assert!(!leases.contains("10.250.3.10"), "{leases}");
     assert!(leases.contains("10.250.3.11"), "{leases}");
 }
+
+#[test]
+fn dual_stack_nodes_route_both_families_host_gw_from_one_line_per_family() {
+    if !private_host(
+        "multinode::dual_stack_nodes_route_both_families_host_gw_from_one_line_per_family",
+    ) {
+        return;
+    }
+    let lab = cluster_lab(
+        r#"
+        name = "md"
+        [[switch]]
+        name = "sw"
+        subnet = "192.168.60.0/24"
+        [[node]]
+        name = "n1"
+        [[node]]
+        name = "n2"
+        [[link]]
+        a = "n1"
+        b = "sw"
+        a_ip = "192.168.60.1/24"
+        [[link]]
+        a = "n2"
+        b = "sw"
+        a_ip = "192.168.60.2/24"
+        "#,
+    );
+    let mut pods: Vec<(String, IpAddr, IpAddr)> = Vec::new();
+    for n in 1..=2 {
+        let node = format!("n{n}");
+        sh_in(
+            &lab,
+            &node,
+            &format!("ip -6 addr add fd00:60::{n}/64 dev eth0 nodad"),
+        );
+        // The runtime's two range sets: one address of each family per pod.
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "netbox-cni",
+            "bridge": "cni0", "isGateway": true, "isDefaultGateway": true, "ipMasq": true,
+            "noMasqueradeTo": ["10.244.0.0/16", "fd00:10:244::/56", "192.168.60.0/24", "fd00:60::/64"],
+            "ipam": {"type": "netbox", "dataDir": format!("/var/lib/netbox/ipam-{node}")},
+            "runtimeConfig": {"ipRanges": [[{"subnet": format!("10.244.{n}.0/24")}],
+                                           [{"subnet": format!("fd00:10:244:{n}::/64")}]]}
+        })
+        .to_string();
+        let ns = format!("{node}-pod");
+        netns::create_named(&ns).expect("pod netns");
+        let path = format!("/run/netns/{ns}");
+        let (ok, result) = cni_in(&lab, &node, &env_of("ADD", &ns, &path), &conf);
+        assert!(ok, "ADD on {node}: {result}");
+        let ip = |i: usize| -> IpAddr {
+            result["ips"][i]["address"]
+                .as_str()
+                .and_then(|a| a.split('/').next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("address {i} in {result}"))
+        };
+        let (v4, v6) = (ip(0), ip(1));
+        assert!(v4.is_ipv4() && v6.is_ipv6(), "{result}");
+        listen_in_ns(&ns, SocketAddr::new(v4, PORT));
+        listen_in_ns(&ns, SocketAddr::new(v6, PORT));
+        pods.push((ns, v4, v6));
+    }
+    let file = work_dir().join("nodes");
+    std::fs::write(
+        &file,
+        "192.168.60.1 10.244.1.0/24\nfd00:60::1 fd00:10:244:1::/64\n\
+         192.168.60.2 10.244.2.0/24\nfd00:60::2 fd00:10:244:2::/64\n",
+    )
+    .expect("node file");
+    for n in ["n1", "n2"] {
+        let out = node_routes_ok(&lab, n, &file, &[]);
+        assert_eq!(out.lines().count(), 2, "{n}: {out}");
+    }
+    let v6 = sh_in(&lab, "n1", "ip -6 route show proto 78");
+    assert!(
+        v6.contains("fd00:10:244:2::/64 via fd00:60::2 dev eth0"),
+        "{v6}"
+    );
+    assert_eq!(node_routes_ok(&lab, "n1", &file, &[]), "", "twice, IPv6 included");
+    // Both ways, both families, the receiver sees the pod's own address.
+    for (from, to) in [(0, 1), (1, 0)] {
+        let (ns, v4, v6) = &pods[from];
+        let (_, to4, to6) = &pods[to];
+        harness::eventually("IPv6 neighbours resolve", || {
+            seen_by(ns, SocketAddr::new(*to6, PORT)).is_ok()
+        });
+        assert_eq!(seen_by(ns, SocketAddr::new(*to4, PORT)).expect("v4"), *v4);
+        assert_eq!(seen_by(ns, SocketAddr::new(*to6, PORT)).expect("v6"), *v6);
+    }
+    // A pod CIDR of the other family than its node's address cannot be routed host-gw.
+    std::fs::write(&file, "192.168.60.2 fd00:10:244:2::/64\n").expect("write");
+    let before = state_of(&lab, "n1");
+    let out = node_routes(&lab, "n1", &file, &[]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one line per family"));
+    assert_eq!(state_of(&lab, "n1"), before);
+}
