@@ -777,7 +777,11 @@ fn dual_stack_nodes_route_both_families_host_gw_from_one_line_per_family() {
         v6.contains("fd00:10:244:2::/64 via fd00:60::2 dev eth0"),
         "{v6}"
     );
-    assert_eq!(node_routes_ok(&lab, "n1", &file, &[]), "", "twice, IPv6 included");
+    assert_eq!(
+        node_routes_ok(&lab, "n1", &file, &[]),
+        "",
+        "twice, IPv6 included"
+    );
     // Both ways, both families, the receiver sees the pod's own address.
     for (from, to) in [(0, 1), (1, 0)] {
         let (ns, v4, v6) = &pods[from];
