@@ -800,3 +800,60 @@ fn dual_stack_nodes_route_both_families_host_gw_from_one_line_per_family() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("one line per family"));
     assert_eq!(state_of(&lab, "n1"), before);
 }
+
+#[test]
+fn tables_of_an_older_netbox_are_upgraded_in_place_keeping_their_elements() {
+    if !private_host(
+        "multinode::tables_of_an_older_netbox_are_upgraded_in_place_keeping_their_elements",
+    ) {
+        return;
+    }
+    use netbox::firewall::layout::skeleton;
+    use netbox::sys::nfnetlink::Family;
+    // The inet table as the previous version made it: no nomasq sets, nor their look-ups.
+    let old: String = skeleton(Family::Inet)
+        .lines()
+        .filter(|l| !l.contains("set nomasq"))
+        .map(|l| {
+            l.replace(" ip saddr . ip daddr != @nomasq4", "")
+                .replace(" ip6 saddr . ip6 daddr != @nomasq6", "")
+                + "\n"
+        })
+        .collect();
+    for text in [old.as_str(), skeleton(Family::Bridge)] {
+        let out = run_with_stdin(Command::new("nft").args(["-f", "-"]), text.as_bytes());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Another attachment's state from before the upgrade.
+    harness::sh("nft add element inet netbox masq4 '{ 10.77.0.9 comment \"cni/old+eth0\" }'");
+    netns::create_named("pod").expect("netns");
+    let conf = json!({"cniVersion": "1.0.0", "name": "up", "type": "netbox-cni",
+        "bridge": "nbup0", "isGateway": true, "ipMasq": true,
+        "noMasqueradeTo": ["10.244.0.0/16"],
+        "ipam": {"type": "netbox", "subnet": "10.78.0.0/24"}})
+    .to_string();
+    let (ok, result) = answer(
+        Command::new(cni_bin())
+            .env_clear()
+            .envs(env_of("ADD", "c1", "/run/netns/pod")),
+        &conf,
+    );
+    assert!(ok, "ADD over old tables: {result}");
+    let table = harness::sh("nft list table inet netbox");
+    assert!(table.contains("10.78.0.2 . 10.244.0.0/16"), "{table}");
+    assert!(
+        table.contains("10.77.0.9"),
+        "the old element is gone: {table}"
+    );
+    let postrouting = harness::sh("nft list chain inet netbox postrouting");
+    assert_eq!(
+        postrouting.matches("masquerade").count(),
+        4,
+        "{postrouting}"
+    );
+    assert!(postrouting.contains("@nomasq4") && postrouting.contains("@nomasq6"));
+}

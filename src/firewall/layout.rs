@@ -38,6 +38,23 @@ pub fn skeleton(family: Family) -> &'static str {
     }
 }
 
+/// The skeleton applied over existing tables (an older netbox's): base chains flushed and
+/// declared again with their rules, sets declared (added when missing, kept otherwise, with
+/// their elements).
+pub fn upgrade(family: Family) -> String {
+    let text = skeleton(family);
+    let body = text.split_once('\n').map_or(text, |(_, rest)| rest);
+    let mut out = String::new();
+    for line in body.lines() {
+        let chain = line.trim().strip_prefix("chain ");
+        if let Some(name) = chain.and_then(|c| c.strip_suffix(" {")) {
+            let _ = writeln!(out, "flush chain {} {TABLE} {name}", family.as_str());
+        }
+    }
+    out.push_str(body);
+    out
+}
+
 const INET: &str = r#"create table inet netbox
 table inet netbox {
 	map dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
@@ -516,6 +533,20 @@ mod tests {
         assert_eq!(e.iter().filter(|e| e.set.starts_with("nomasq")).count(), 2);
         let back = parse_record(&record(v4)).expect("parse");
         assert_eq!(back.key_end, v4.key_end);
+    }
+
+    #[test]
+    fn the_upgrade_flushes_every_base_chain_and_keeps_the_table() {
+        let text = upgrade(Family::Inet);
+        for chain in ["prerouting", "output", "postrouting", "forward", "input"] {
+            assert!(
+                text.contains(&format!("flush chain inet netbox {chain}\n")),
+                "{text}"
+            );
+        }
+        assert!(!text.contains("create table"));
+        assert!(text.contains("set nomasq4"));
+        assert!(upgrade(Family::Bridge).contains("flush chain bridge netbox forward\n"));
     }
 
     #[test]

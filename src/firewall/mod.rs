@@ -441,6 +441,7 @@ fn apply_with(
         evict.extend(deletions(nl, &holder)?);
         evicted.push(holder);
     }
+    let mut upgraded = false;
     for _ in 0..ATTEMPTS {
         let mut batch = Batch::new();
         for d in &evict {
@@ -509,8 +510,10 @@ fn apply_with(
                 evicted.push(holder);
             }
         }
-        if missing_tables {
-            ensure_tables(nl)?;
+        if missing_tables && !ensure_tables(nl)? && !upgraded {
+            // Both tables are there, a set is not: they were made by an older netbox.
+            upgrade_tables()?;
+            upgraded = true;
         }
     }
     Err(FirewallError::Netlink {
@@ -591,9 +594,10 @@ fn taken(element: &Element, owner: Owner) -> FirewallError {
 }
 
 /// Creates the shared tables that are missing (with `nft`: the base chains' rules are nft's to
-/// encode). A concurrent creator winning the race is fine.
-fn ensure_tables(nl: &mut Nfnl) -> Result<(), FirewallError> {
+/// encode); true when one was. A concurrent creator winning the race is fine.
+fn ensure_tables(nl: &mut Nfnl) -> Result<bool, FirewallError> {
     let tables = nl.tables()?;
+    let mut created = false;
     for family in [Family::Inet, Family::Bridge] {
         if tables
             .iter()
@@ -601,13 +605,25 @@ fn ensure_tables(nl: &mut Nfnl) -> Result<(), FirewallError> {
         {
             continue;
         }
+        created = true;
         match nft::apply_text(layout::skeleton(family)) {
             Ok(()) => {}
             Err(FirewallError::Nft { reason, .. }) if reason.contains("File exists") => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(created)
+}
+
+/// Brings tables an older netbox made up to this layout in one transaction: the missing sets
+/// are added, the base chains' rules replaced; the elements (every attachment's state) stay.
+fn upgrade_tables() -> Result<(), FirewallError> {
+    tracing::info!("upgrading netbox's nftables tables to this version's layout");
+    let text: String = [Family::Inet, Family::Bridge]
+        .into_iter()
+        .map(layout::upgrade)
+        .collect();
+    nft::apply_text(&text)
 }
 
 /// Removes every rule of `owner`, in one transaction; nothing to remove is success.
