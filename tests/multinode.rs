@@ -696,6 +696,23 @@ fn ip_ranges_from_the_runtime_are_served_checked_and_released_without_them() {
     let leases = harness::sh("ls -R /var/lib/netbox/ipam/k8s");
     assert!(!leases.contains("10.250.3.10"), "{leases}");
     assert!(leases.contains("10.250.3.11"), "{leases}");
+    // GC (which gets no runtimeConfig) releases what the runtime no longer lists, whichever
+    // ranges it came from.
+    let gc = json!({"cniVersion": "1.1.0", "name": "k8s", "type": "netbox-cni",
+                    "bridge": "cni0", "ipam": {"type": "netbox"},
+                    "cni.dev/valid-attachments": []})
+    .to_string();
+    let (ok, err) = answer(
+        Command::new(cni_bin())
+            .env_clear()
+            .env("CNI_COMMAND", "GC")
+            .env("CNI_PATH", "/usr/lib/cni"),
+        &gc,
+    );
+    assert!(ok, "GC: {err}");
+    let leases = harness::sh("ls -R /var/lib/netbox/ipam/k8s");
+    assert!(!leases.contains("10.250.3.11"), "{leases}");
+    assert!(!leases.contains("10.251.0."), "{leases}");
 }
 
 #[test]
