@@ -597,6 +597,18 @@ fn nodes_on_two_subnets_behind_a_router_reach_each_other_through_vxlan() {
     );
     assert_eq!(node_routes_ok(&lab, "n1", &file, &[]), "");
 
+    // Without this node's own line, peers could not reach it through VXLAN: refused.
+    let before = state_of(&lab, "n1");
+    write_nodes(&file, &[&ROUTED[1], &ROUTED[2]]);
+    let out = node_routes(&lab, "n1", &file, &[]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("this node (none of its IPv4 addresses) is not in it"),
+        "{err}"
+    );
+    assert_eq!(state_of(&lab, "n1"), before);
+
     // An empty file: every route and the device go.
     std::fs::write(&file, "").expect("write");
     node_routes_ok(&lab, "n1", &file, &[]);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
-use crate::model::nodes::{Node, NodeList};
+use crate::model::nodes::NodeList;
 use crate::sys::netlink::{
     describe_route, Link, Netlink, NodeVxlanSpec, TableRoute, VxlanParams, NODE_ROUTE_PROTOCOL,
 };
@@ -287,7 +287,6 @@ pub fn vtep_mac(ip: Ipv4Addr) -> [u8; 6] {
 
 impl Plan {
     fn new(spec: &NodeRoutesSpec, list: &NodeList, host: &HostView) -> Result<Plan> {
-        let local: Option<&Node> = list.nodes.iter().find(|n| host.is_local(n.address));
         let mut plan = Plan {
             routes: vec![],
             vxlan: None,
@@ -354,30 +353,38 @@ impl Plan {
             }
         }
         if !plan.peers.is_empty() {
-            let local_v4 = local.and_then(|n| match n.address {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
-            });
-            let underlay = local.and_then(|n| {
-                host.addresses
-                    .iter()
-                    .find(|(_, a)| a.ip() == n.address)
-                    .map(|(i, _)| *i)
-            });
+            // Peers address this node's device by the MAC of its address in the file.
+            let Some((local, local_v4)) = list.nodes.iter().find_map(|n| match n.address {
+                IpAddr::V4(v4) if host.is_local(n.address) => Some((n, v4)),
+                _ => None,
+            }) else {
+                return Err(Error::Config(format!(
+                    "node file {}: this node (none of its IPv4 addresses) is not in it, so \
+                     VXLAN peers could not reach it; add its line",
+                    spec.file.display()
+                )));
+            };
+            let underlay = host
+                .addresses
+                .iter()
+                .find(|(_, a)| a.ip() == local.address)
+                .map(|(i, _)| *i);
             let underlay_mtu = underlay
                 .and_then(|i| host.links.iter().find(|l| l.index == i))
                 .and_then(|l| l.mtu)
                 .unwrap_or(1500);
             plan.local_vtep = local
-                .and_then(|n| n.pod_cidrs.iter().find(|c| c.is_ipv4()))
+                .pod_cidrs
+                .iter()
+                .find(|c| c.is_ipv4())
                 .and_then(|c| IpNetwork::new(c.network(), 32).ok());
             plan.vxlan = Some(NodeVxlanSpec {
                 name: VXLAN_DEVICE.into(),
                 vni: spec.vni,
                 port: spec.port,
                 underlay,
-                local: local_v4,
-                mac: local_v4.map_or([0x0e, 0x6e, 0, 0, 0, 1], vtep_mac),
+                local: Some(local_v4),
+                mac: vtep_mac(local_v4),
                 mtu: underlay_mtu.saturating_sub(VXLAN_OVERHEAD),
             });
         }
