@@ -391,6 +391,24 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The VXLAN device's forwarding entries: each peer's MAC behind its node address, once
+    /// per peer (a peer with several pod CIDRs has one device).
+    fn fdb(&self) -> Vec<([u8; 6], IpAddr)> {
+        let mut out: Vec<([u8; 6], IpAddr)> = Vec::new();
+        for p in &self.peers {
+            let entry = (p.mac, IpAddr::V4(p.node));
+            if !out.contains(&entry) {
+                out.push(entry);
+            }
+        }
+        out
+    }
+
+    /// The VXLAN device's neighbour entries: each pod CIDR's VTEP at its node's MAC.
+    fn neighbours(&self) -> Vec<(IpAddr, [u8; 6])> {
+        self.peers.iter().map(|p| (p.vtep, p.mac)).collect()
+    }
+
     /// The existing VXLAN device when it is not the one the plan needs.
     fn stale_device<'h>(&self, host: &'h HostView) -> Option<&'h Link> {
         let (spec, link) = (self.vxlan.as_ref()?, host.vxlan.as_ref()?);
@@ -451,36 +469,19 @@ impl Plan {
                 out.push(format!("- route {}{via} dev {dev}", r.dst));
             }
         }
-        if self.vxlan.is_some() {
-            for p in &self.peers {
-                let mac = crate::sys::netlink::format_mac(&p.mac);
-                if !host.fdb.contains(&(p.mac, IpAddr::V4(p.node))) {
-                    out.push(format!("+ fdb {mac} dst {}", p.node));
-                }
-                if !host.neighbours.contains(&(p.vtep, p.mac)) {
-                    out.push(format!("+ neighbour {} lladdr {mac}", p.vtep));
-                }
-            }
+        let (fdb, neighbours) = (self.fdb(), self.neighbours());
+        let mac = |m: &[u8; 6]| crate::sys::netlink::format_mac(m);
+        for (m, dst) in fdb.iter().filter(|e| !host.fdb.contains(e)) {
+            out.push(format!("+ fdb {} dst {dst}", mac(m)));
         }
-        for (mac, dst) in &host.fdb {
-            if !self
-                .peers
-                .iter()
-                .any(|p| p.mac == *mac && IpAddr::V4(p.node) == *dst)
-            {
-                out.push(format!(
-                    "- fdb {} dst {dst}",
-                    crate::sys::netlink::format_mac(mac)
-                ));
-            }
+        for (ip, m) in neighbours.iter().filter(|e| !host.neighbours.contains(e)) {
+            out.push(format!("+ neighbour {ip} lladdr {}", mac(m)));
         }
-        for (ip, mac) in &host.neighbours {
-            if !self.peers.iter().any(|p| p.vtep == *ip && p.mac == *mac) {
-                out.push(format!(
-                    "- neighbour {ip} lladdr {}",
-                    crate::sys::netlink::format_mac(mac)
-                ));
-            }
+        for (m, dst) in host.fdb.iter().filter(|e| !fdb.contains(e)) {
+            out.push(format!("- fdb {} dst {dst}", mac(m)));
+        }
+        for (ip, m) in host.neighbours.iter().filter(|e| !neighbours.contains(e)) {
+            out.push(format!("- neighbour {ip} lladdr {}", mac(m)));
         }
         if self.vxlan.is_none() && host.vxlan.is_some() {
             out.push(format!("- device {VXLAN_DEVICE}"));
@@ -529,27 +530,18 @@ impl Plan {
         if let Some(vtep) = self.local_vtep {
             nl.ensure_address(link, vtep).await?;
         }
-        for (mac, dst) in &host.fdb {
-            if !self
-                .peers
-                .iter()
-                .any(|p| p.mac == *mac && IpAddr::V4(p.node) == *dst)
-            {
-                nl.delete_vxlan_fdb(link, *mac, *dst).await?;
-            }
+        let (fdb, neighbours) = (self.fdb(), self.neighbours());
+        for (mac, dst) in host.fdb.iter().filter(|e| !fdb.contains(e)) {
+            nl.delete_vxlan_fdb(link, *mac, *dst).await?;
         }
-        for (ip, mac) in &host.neighbours {
-            if !self.peers.iter().any(|p| p.vtep == *ip && p.mac == *mac) {
-                nl.delete_neighbour(link, *ip).await?;
-            }
+        for (ip, _) in host.neighbours.iter().filter(|e| !neighbours.contains(e)) {
+            nl.delete_neighbour(link, *ip).await?;
         }
-        for p in &self.peers {
-            if !host.fdb.contains(&(p.mac, IpAddr::V4(p.node))) {
-                nl.set_vxlan_fdb(link, p.mac, IpAddr::V4(p.node)).await?;
-            }
-            if !host.neighbours.contains(&(p.vtep, p.mac)) {
-                nl.add_permanent_neighbor(link, p.vtep, p.mac).await?;
-            }
+        for (mac, dst) in fdb.iter().filter(|e| !host.fdb.contains(e)) {
+            nl.set_vxlan_fdb(link, *mac, *dst).await?;
+        }
+        for (ip, mac) in neighbours.iter().filter(|e| !host.neighbours.contains(e)) {
+            nl.add_permanent_neighbor(link, *ip, *mac).await?;
         }
         Ok(link.clone())
     }
