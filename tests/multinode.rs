@@ -179,6 +179,19 @@ fn write_nodes(path: &Path, nodes: &[&ClusterNode]) {
     std::fs::write(path, format!("# node address, pod CIDR\n{text}")).expect("write node file");
 }
 
+/// A lab of `nodes` (name, address) on one switch, 192.168.60.0/24.
+fn switch_lab(name: &str, nodes: &[(&str, &str)]) -> Lab {
+    let mut toml =
+        format!("name = \"{name}\"\n[[switch]]\nname = \"sw\"\nsubnet = \"192.168.60.0/24\"\n");
+    for (node, address) in nodes {
+        toml.push_str(&format!(
+            "[[node]]\nname = \"{node}\"\n\
+             [[link]]\na = \"{node}\"\nb = \"sw\"\na_ip = \"{address}/24\"\n"
+        ));
+    }
+    cluster_lab(&toml)
+}
+
 fn cluster_lab(toml: &str) -> Lab {
     let topo = Topology::from_toml(toml).expect("topology");
     Lab::build(&topo, &BuildOptions::default()).expect("lab up")
@@ -213,37 +226,14 @@ fn three_nodes_on_one_switch_route_pods_host_gw_without_masquerade() {
     if !private_host("multinode::three_nodes_on_one_switch_route_pods_host_gw_without_masquerade") {
         return;
     }
-    let lab = cluster_lab(
-        r#"
-        name = "mn"
-        [[switch]]
-        name = "sw"
-        subnet = "192.168.60.0/24"
-        [[node]]
-        name = "n1"
-        [[node]]
-        name = "n2"
-        [[node]]
-        name = "n3"
-        [[node]]
-        name = "ext"
-        [[link]]
-        a = "n1"
-        b = "sw"
-        a_ip = "192.168.60.1/24"
-        [[link]]
-        a = "n2"
-        b = "sw"
-        a_ip = "192.168.60.2/24"
-        [[link]]
-        a = "n3"
-        b = "sw"
-        a_ip = "192.168.60.3/24"
-        [[link]]
-        a = "ext"
-        b = "sw"
-        a_ip = "192.168.60.100/24"
-        "#,
+    let lab = switch_lab(
+        "mn",
+        &[
+            ("n1", "192.168.60.1"),
+            ("n2", "192.168.60.2"),
+            ("n3", "192.168.60.3"),
+            ("ext", "192.168.60.100"),
+        ],
     );
     // Pod CIDRs and the nodes (not ext) keep their addresses.
     let no_masq = ["10.244.0.0/16", "192.168.60.0/28"];
@@ -734,26 +724,7 @@ fn dual_stack_nodes_route_both_families_host_gw_from_one_line_per_family() {
     ) {
         return;
     }
-    let lab = cluster_lab(
-        r#"
-        name = "md"
-        [[switch]]
-        name = "sw"
-        subnet = "192.168.60.0/24"
-        [[node]]
-        name = "n1"
-        [[node]]
-        name = "n2"
-        [[link]]
-        a = "n1"
-        b = "sw"
-        a_ip = "192.168.60.1/24"
-        [[link]]
-        a = "n2"
-        b = "sw"
-        a_ip = "192.168.60.2/24"
-        "#,
-    );
+    let lab = switch_lab("md", &[("n1", "192.168.60.1"), ("n2", "192.168.60.2")]);
     let mut pods: Vec<(String, IpAddr, IpAddr)> = Vec::new();
     for n in 1..=2 {
         let node = format!("n{n}");
