@@ -120,9 +120,7 @@ fn main() {
             } else {
                 &builds[which - 1]
             };
-            if let Ok(v) = std::env::var("NBSETTLE") {
-                std::thread::sleep(Duration::from_millis(v.parse().unwrap()));
-            }
+            settle();
             bursts[which].add(burst(which_plugin, &format!("p{which}r{round}")));
         }
     }
@@ -243,6 +241,33 @@ fn burst(p: &Plugin, tag: &str) -> (Vec<Duration>, Duration, Duration) {
         netbox::sys::netns::delete_named(&format!("bench-{id}")).expect("delete netns");
     }
     (adds, cpu, wall)
+}
+
+/// Waits until the kernel has destroyed the namespaces of the bursts before (at most 10 s).
+/// It does that asynchronously (cleanup_net, under the rtnl lock every plugin needs), so a burst
+/// started at once would pay for its predecessor's teardown: the plugin that runs second would
+/// lose. The count of live namespaces is read from the slab cache; settled means no fewer for
+/// 300 ms.
+fn settle() {
+    let live = || -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/slabinfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("net_namespace "))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut last, mut since) = (live(), Instant::now());
+    while Instant::now() < deadline && since.elapsed() < Duration::from_millis(300) {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = live();
+        if now.is_none() {
+            // No slab statistics: a fixed pause instead.
+            std::thread::sleep(Duration::from_secs(2));
+            return;
+        }
+        if now < last {
+            (last, since) = (now, Instant::now());
+        }
+    }
 }
 
 /// user + system time of the waited-for children so far.

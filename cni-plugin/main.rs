@@ -31,10 +31,12 @@ fn plugin_main() -> i32 {
             Err(_) => 1,
         };
     }
+    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
+    // First, so that a burst of calls is served in the order the runtime started them.
+    let place = netbox::usecase::cni::queue::join(&command);
     let mut stdin = Vec::new();
     // VERSION answers in the version given on stdin (runtimes send `{"cniVersion": ...}`), but
     // someone trying the plugin at a terminal gets the answer without typing any.
-    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
     if command != "VERSION" || !std::io::stdin().is_terminal() {
         if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
             let err = netbox::usecase::cni::CniError::new(
@@ -50,7 +52,7 @@ fn plugin_main() -> i32 {
             log_to_file(&path, &level);
         }
     }
-    let outcome = netbox::usecase::cni::run(&|key| std::env::var(key).ok(), &stdin);
+    let outcome = netbox::usecase::cni::run(&|key| std::env::var(key).ok(), &stdin, place);
     // Its exit would otherwise wait for the kernel's clean-up of nf_tables deletions.
     netbox::firewall::release();
     if !outcome.stdout.is_empty() {

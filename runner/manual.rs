@@ -181,6 +181,11 @@ pub fn cni_page() -> String {
         "/run/netbox/lock",
         "Held shared by ADD and DEL, exclusively by netbox gc.",
     );
+    item(
+        &mut r,
+        "/run/netbox/cni-queue",
+        "The queue of ADDs and DELs: as many at work as there are cores, in arrival order.",
+    );
     section(&mut r, "SEE ALSO");
     r.text([
         bold("netbox"),

@@ -829,6 +829,46 @@ fn concurrent_adds_get_distinct_addresses_and_del_releases_all() {
 }
 
 #[test]
+fn calls_ahead_in_the_queue_that_hang_or_die_never_block_an_add() {
+    if !private_host("cni::calls_ahead_in_the_queue_that_hang_or_die_never_block_an_add") {
+        return;
+    }
+    let config = conf("1.0.0", json!({}));
+    let run_dir = netbox::sys::dirfd::Dir::open(Path::new("/run/netbox")).expect("run dir");
+    // As many places ahead as there are cores, held by calls that never finish.
+    let width = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let stuck: Vec<_> = (0..width)
+        .map(|_| netbox::sys::admission::join(&run_dir, "cni-queue").expect("join"))
+        .collect();
+    netns::create_named("q1").expect("netns");
+    let added = cni(&env_of("ADD", "q1", "/run/netns/q1"), &config);
+    assert!(added.ok, "{}", added.stdout);
+    let deleted = cni(&env_of("DEL", "q1", "/run/netns/q1"), &config);
+    assert!(deleted.ok, "{}", deleted.stdout);
+    assert!(leases().is_empty(), "{:?}", leases());
+    // Calls ahead killed mid-way (their places vanish with them): the next ones go through.
+    let ahead: Vec<_> = (0..width)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_netbox-cni"))
+                .env("CNI_COMMAND", "ADD")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("plugin")
+        })
+        .collect();
+    drop(stuck);
+    for mut call in ahead {
+        call.kill().expect("kill");
+        call.wait().expect("wait");
+    }
+    netns::create_named("q2").expect("netns");
+    let added = cni(&env_of("ADD", "q2", "/run/netns/q2"), &config);
+    assert!(added.ok, "{}", added.stdout);
+    assert_eq!(leases().len(), 1);
+}
+
+#[test]
 fn two_containers_on_one_bridge_talk_over_tcp() {
     if !private_host("cni::two_containers_on_one_bridge_talk_over_tcp") {
         return;

@@ -6,10 +6,12 @@
 //! - `tuntap`: TUN/TAP devices and the packets they carry;
 //! - `capture`: packet capture into pcap files (raw packet sockets);
 //! - `runtime`: the single-threaded tokio runtime netlink work runs on;
+//! - `admission`: a first-come, first-served gate shared by processes (bursts of plugin calls);
 //! - `dirfd`: files under a directory descriptor, never through a link (the stores' I/O).
 //!
 //! `crate::process` (fork/exec of the sandbox child) belongs here too.
 
+pub mod admission;
 pub mod capture;
 pub mod dirfd;
 pub mod netlink;

@@ -15,6 +15,7 @@ pub mod delegate;
 pub mod ipam;
 pub mod ops;
 pub mod prior;
+pub mod queue;
 pub mod result;
 
 use serde::Serialize;
@@ -199,10 +200,11 @@ pub struct Outcome {
 }
 
 /// Runs one plugin invocation. `env` yields environment variables by name; `stdin` is the
-/// configuration.
-pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
+/// configuration; `place` the invocation's place in the host's queue ([`queue::join`], taken
+/// before stdin was read).
+pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], place: queue::Place) -> Outcome {
     let start = std::time::Instant::now();
-    let (version, result) = run_inner(env, stdin);
+    let (version, result) = run_inner(env, stdin, place);
     // One line per invocation, for the log file a configuration may name (`logFile`).
     let var = |k: &str| env(k).unwrap_or_default();
     match &result {
@@ -260,6 +262,7 @@ pub fn log_target(stdin: &[u8]) -> Option<(std::path::PathBuf, String)> {
 fn run_inner(
     env: &dyn Fn(&str) -> Option<String>,
     stdin: &[u8],
+    place: queue::Place,
 ) -> (Option<Version>, Result<Option<serde_json::Value>, CniError>) {
     let parsed = match Env::parse(env) {
         Ok(e) => e,
@@ -274,7 +277,7 @@ fn run_inner(
         Err(e) => return (conf::peek_version(stdin), Err(e)),
     };
     let version = Some(conf.version);
-    (version, ops::execute(&parsed, &conf, stdin))
+    (version, ops::execute(&parsed, &conf, stdin, place))
 }
 
 /// The VERSION result.

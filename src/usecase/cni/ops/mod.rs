@@ -21,14 +21,26 @@ use crate::firewall::FirewallSpec;
 use crate::model::owner::{cni_host_ifname, cni_host_mac, Owner, CNI_ALIAS_PREFIX};
 use crate::sys::netlink::Link;
 use crate::sys::netns::NetNs;
+use crate::usecase::cni::queue::Place;
 
 pub use del::{reap, REAP_ENV};
 
 /// Runs the operation `env.command` asks for; the JSON to print, if any.
-pub fn execute(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+pub fn execute(
+    env: &Env,
+    conf: &NetConf,
+    stdin: &[u8],
+    place: Place,
+) -> Result<Option<Value>, CniError> {
     match env.command {
-        Command::Add => add::add(env, conf, stdin).map(|r| Some(r.to_json(conf.version))),
-        Command::Del => del::del(env, conf, stdin).map(|()| None),
+        Command::Add => {
+            let _turn = place.turn(conf);
+            add::add(env, conf, stdin).map(|r| Some(r.to_json(conf.version)))
+        }
+        Command::Del => {
+            let _turn = place.turn(conf);
+            del::del(env, conf, stdin).map(|()| None)
+        }
         Command::Check => check::check(env, conf, stdin).map(|()| None),
         Command::Gc => gc::gc(env, conf, stdin).map(|()| None),
         Command::Status => status::status(env, conf, stdin).map(|()| None),
