@@ -1,5 +1,7 @@
 //! One integration-test binary (see README): each module is a feature area.
 mod harness;
+/// The rootless test world (shared with benches/rootless.rs).
+mod world;
 
 mod agree;
 mod architecture;
@@ -15,5 +17,6 @@ mod lab_runtime;
 mod lifecycle;
 mod multinode;
 mod netlink;
+mod rootless;
 mod run;
 mod tuntap;
