@@ -81,6 +81,13 @@ impl World {
         let files = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
+        // pasta opens /dev/net/tun as the user: distributions ship it 0666, some machines
+        // (this CI's) 0600. A 0666 node over it, in this private host's mounts only.
+        let f = files.path().display();
+        sh(&format!(
+            "mkdir {f}/dev && mount -t tmpfs tmpfs {f}/dev && \
+             mknod -m 666 {f}/dev/tun c 10 200 && mount --bind {f}/dev/tun /dev/net/tun"
+        ));
         std::fs::write(files.path().join("hello"), HELLO).expect("write hello");
         let resolv = files.path().join("resolv.conf");
         std::fs::write(&resolv, format!("nameserver {WORLD}\n")).expect("resolv.conf");
