@@ -164,6 +164,7 @@ fn iperf_slirp(user: &User, mtu: u32, secs: u32) -> String {
             &["--configure", "--mtu", &mtu.to_string(), &pid, "tap0"],
         )
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("slirp4netns");
     wait_until(

@@ -1023,5 +1023,3 @@ fn root_runs_are_unchanged() {
         files_under(runtime.path())
     );
 }
-
-
