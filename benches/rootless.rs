@@ -15,7 +15,6 @@
 
 mod common;
 #[path = "../tests/world.rs"]
-#[allow(dead_code)]
 mod world;
 
 use std::io::{BufRead, BufReader, Read};
