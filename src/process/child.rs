@@ -585,7 +585,7 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
     // SAFETY: path is NUL-terminated.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -599,7 +599,7 @@ fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
 
 /// Brings `lo` up with an ioctl: the child has no netlink connection, and one flag does not
 /// deserve one.
-fn loopback_up() -> io::Result<()> {
+pub(crate) fn loopback_up() -> io::Result<()> {
     // SAFETY: ifreq is plain data; the ioctls read and write it in place.
     unsafe {
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
