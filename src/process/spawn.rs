@@ -168,6 +168,7 @@ fn prepared(
     Ok(Prepared {
         parent_pidfd,
         parent: nix::unistd::getpid().as_raw(),
+        low_ports: crate::sys::userns::inside().is_some(),
         // In a user namespace only its mapped groups can be named (the caller's own).
         ping_groups: if rootless || crate::sys::userns::inside().is_some() {
             let gid = nix::unistd::getgid().as_raw();
