@@ -15,5 +15,6 @@ mod lab_runtime;
 mod lifecycle;
 mod multinode;
 mod netlink;
+mod rootless_core;
 mod run;
 mod tuntap;
