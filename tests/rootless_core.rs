@@ -44,11 +44,7 @@ impl World {
              ip netns exec world busybox httpd -p 10.213.0.2:80 -h {r}/www
              for d in home xdg; do mkdir -m 700 {r}/$d; chown {uid}:{uid} {r}/$d; done"
         ));
-        World {
-            dir,
-            bin,
-            uid,
-        }
+        World { dir, bin, uid }
     }
 
     fn state(&self) -> PathBuf {
@@ -117,12 +113,20 @@ fn text(out: &Output) -> String {
 
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 
 fn pid_of(record: &serde_json::Value, key: &str) -> u64 {
-    record[key].as_u64().unwrap_or_else(|| panic!("{key} in {record}"))
+    record[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {record}"))
 }
 
 /// Runs the test as root in its private host, or says why it cannot.
@@ -131,7 +135,10 @@ fn rooted(test: &str) -> bool {
         return false;
     }
     if !is_root() {
-        skip(test, "needs root to build the world and switch to an unprivileged uid");
+        skip(
+            test,
+            "needs root to build the world and switch to an unprivileged uid",
+        );
         return false;
     }
     true
@@ -153,7 +160,10 @@ fn an_unprivileged_run_gets_an_address_and_reaches_the_world() {
     ]);
     let seen = text(&out);
     assert!(out.status.success(), "{seen}");
-    assert!(seen.starts_with("64101\n"), "CMD keeps the user's uid: {seen}");
+    assert!(
+        seen.starts_with("64101\n"),
+        "CMD keeps the user's uid: {seen}"
+    );
     assert!(seen.contains("inet 10.117.0."), "{seen}");
     assert!(seen.contains("default via 10.117.0.1"), "{seen}");
     assert!(seen.contains("hello-world"), "{seen}");
@@ -168,7 +178,8 @@ fn an_unprivileged_run_gets_an_address_and_reaches_the_world() {
 
 #[test]
 fn published_ports_reach_cmd_and_kill_9_of_the_uplink_and_the_holder_recover() {
-    let test = "rootless_core::published_ports_reach_cmd_and_kill_9_of_the_uplink_and_the_holder_recover";
+    let test =
+        "rootless_core::published_ports_reach_cmd_and_kill_9_of_the_uplink_and_the_holder_recover";
     if !rooted(test) {
         return;
     }

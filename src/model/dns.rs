@@ -224,7 +224,11 @@ mod tests {
         );
         assert_eq!(r.nameservers, vec![ip("169.254.1.1"), ip("192.0.2.1")]);
         assert!(r.content.contains("search lan\n"));
-        let own = resolv_conf_forwarded("nameserver 127.0.0.53\n", ip("169.254.1.1"), &[ip("127.0.0.1")]);
+        let own = resolv_conf_forwarded(
+            "nameserver 127.0.0.53\n",
+            ip("169.254.1.1"),
+            &[ip("127.0.0.1")],
+        );
         assert_eq!(own.nameservers, vec![ip("127.0.0.1")]);
     }
 

@@ -4,7 +4,6 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
@@ -85,7 +84,10 @@ pub fn start_keeper(spec: &KeeperSpec) -> io::Result<u32> {
     }
 }
 
-fn keeper_setup(spec: &KeeperSpec, parent: nix::unistd::Pid) -> Result<(), (&'static str, io::Error)> {
+fn keeper_setup(
+    spec: &KeeperSpec,
+    parent: nix::unistd::Pid,
+) -> Result<(), (&'static str, io::Error)> {
     let sys = |step: &'static str| move |e: nix::Error| (step, io::Error::from(e));
     let io_at = |step: &'static str| move |e: io::Error| (step, e);
     // SAFETY: plain prctl; then make sure the holder did not die before it was armed.
@@ -96,15 +98,25 @@ fn keeper_setup(spec: &KeeperSpec, parent: nix::unistd::Pid) -> Result<(), (&'st
         return Err(("starting", io::Error::other("the holder is gone")));
     }
     use nix::sched::CloneFlags;
-    nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-        .map_err(sys("unshare(user+net+mount)"))?;
+    nix::sched::unshare(
+        CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS,
+    )
+    .map_err(sys("unshare(user+net+mount)"))?;
     write_file(c"/proc/self/setgroups", b"deny").map_err(io_at("writing the id maps"))?;
-    write_file(c"/proc/self/uid_map", spec.uid_map.as_bytes()).map_err(io_at("writing the id maps"))?;
-    write_file(c"/proc/self/gid_map", spec.gid_map.as_bytes()).map_err(io_at("writing the id maps"))?;
+    write_file(c"/proc/self/uid_map", spec.uid_map.as_bytes())
+        .map_err(io_at("writing the id maps"))?;
+    write_file(c"/proc/self/gid_map", spec.gid_map.as_bytes())
+        .map_err(io_at("writing the id maps"))?;
     use nix::mount::{mount, MsFlags};
     // Slave: the host's later mounts still appear here, nothing made here goes back.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .map_err(sys("making / a slave mount"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(sys("making / a slave mount"))?;
     mount(
         Some("tmpfs"),
         spec.tmpfs.as_c_str(),
@@ -114,8 +126,11 @@ fn keeper_setup(spec: &KeeperSpec, parent: nix::unistd::Pid) -> Result<(), (&'st
     )
     .map_err(sys("mounting the private state tmpfs"))?;
     for dir in &spec.subdirs {
-        nix::unistd::mkdir(dir.as_c_str(), nix::sys::stat::Mode::from_bits_truncate(0o755))
-            .map_err(sys("making the private state directories"))?;
+        nix::unistd::mkdir(
+            dir.as_c_str(),
+            nix::sys::stat::Mode::from_bits_truncate(0o755),
+        )
+        .map_err(sys("making the private state directories"))?;
     }
     loopback_up().map_err(io_at("bringing loopback up"))?;
     // The network host routes between its bridge and the uplink.
@@ -153,18 +168,18 @@ pub fn spawn_supervised(
             Ok(())
         });
     }
-    let _ = log.as_raw_fd();
     cmd.spawn()
 }
 
-/// Runs `program args` in the keeper's user and network namespaces with every capability
-/// there kept across exec (the user's uid is not 0 in there), feeding `input` on stdin.
-pub fn run_in_keeper(
+/// Starts `program args` in the keeper's user and network namespaces with every capability
+/// there kept across exec (the user's uid is not 0 in there), feeding `input` on stdin; the
+/// caller collects it (`wait_with_output`).
+pub fn spawn_in_keeper(
     keeper_pid: u32,
     program: &Path,
     args: &[&str],
     input: &[u8],
-) -> io::Result<std::process::Output> {
+) -> io::Result<std::process::Child> {
     use std::io::Write;
     let user = std::fs::File::open(format!("/proc/{keeper_pid}/ns/user"))?;
     let net = std::fs::File::open(format!("/proc/{keeper_pid}/ns/net"))?;
@@ -189,7 +204,8 @@ pub fn run_in_keeper(
     }
     let mut child = cmd.spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
+        // Small (one pipe buffer): written at once, closed so the program reads to its end.
         let _ = stdin.write_all(input);
     }
-    child.wait_with_output()
+    Ok(child)
 }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::model::owner::process_start_time;
-use crate::process::usernet::{run_in_keeper, spawn_supervised, start_keeper, KeeperSpec};
+use crate::process::usernet::{spawn_in_keeper, spawn_supervised, start_keeper, KeeperSpec};
 use crate::sys::userns::{self, Inside, Namespaces};
 use crate::{Error, Result};
 
@@ -99,7 +99,8 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> Error {
 
 fn open_state_dir() -> Result<PathBuf> {
     let dir = state_dir();
-    userns::ensure_private_dir(&dir).map_err(io_err(format!("state directory {}", dir.display())))?;
+    userns::ensure_private_dir(&dir)
+        .map_err(io_err(format!("state directory {}", dir.display())))?;
     Ok(dir)
 }
 
@@ -144,17 +145,19 @@ pub struct Session {
 pub fn enter(start: bool) -> Result<Option<Session>> {
     let dir = open_state_dir()?;
     let users = open_lock(&dir, USERS_LOCK)?;
-    users
-        .lock_shared()
-        .map_err(io_err(format!("locking {}", dir.join(USERS_LOCK).display())))?;
+    users.lock_shared().map_err(io_err(format!(
+        "locking {}",
+        dir.join(USERS_LOCK).display()
+    )))?;
     let record = match load(&dir).filter(UserNetRecord::is_alive) {
         Some(r) => r,
         None if !start => return Ok(None),
         None => {
             let starting = open_lock(&dir, START_LOCK)?;
-            starting
-                .lock()
-                .map_err(io_err(format!("locking {}", dir.join(START_LOCK).display())))?;
+            starting.lock().map_err(io_err(format!(
+                "locking {}",
+                dir.join(START_LOCK).display()
+            )))?;
             match load(&dir).filter(UserNetRecord::is_alive) {
                 Some(r) => r,
                 None => start_holder(&dir)?,
@@ -191,7 +194,8 @@ fn start_holder(dir: &Path) -> Result<UserNetRecord> {
     let pasta = userns::find_program("pasta").ok_or_else(pasta_missing)?;
     let exe = std::env::current_exe().map_err(io_err("finding the netbox binary".into()))?;
     let log_path = dir.join(LOG);
-    let log = File::create(&log_path).map_err(io_err(format!("creating {}", log_path.display())))?;
+    let log =
+        File::create(&log_path).map_err(io_err(format!("creating {}", log_path.display())))?;
     let mut cmd = Command::new(exe);
     cmd.args(["user-net", "hold", "--pasta"])
         .arg(&pasta)
@@ -200,7 +204,9 @@ fn start_holder(dir: &Path) -> Result<UserNetRecord> {
         .stderr(log)
         .current_dir("/");
     crate::process::new_session_on_exec(&mut cmd);
-    let mut child = cmd.spawn().map_err(io_err("starting the user network holder".into()))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(io_err("starting the user network holder".into()))?;
     let stdout = child
         .stdout
         .take()
@@ -293,10 +299,18 @@ struct Holder {
 impl Holder {
     fn start(pasta: &Path) -> Result<Holder> {
         use nix::sys::signal::{SigSet, Signal};
+        let t0 = Instant::now();
+        let phase =
+            |what: &str| tracing::debug!(us = t0.elapsed().as_micros() as u64, "holder: {what}");
         // Blocked before anything starts: collected with sigtimedwait, inherited blocked by
         // nobody (the children unblock them).
         let mut signals = SigSet::empty();
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGCHLD] {
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGCHLD,
+        ] {
             signals.add(s);
         }
         signals
@@ -331,6 +345,7 @@ impl Holder {
                 Error::Config(format!("making the user network host: {e}"))
             }
         })?;
+        phase("keeper ready");
         let me = std::process::id();
         let mut holder = Holder {
             record: UserNetRecord {
@@ -354,17 +369,26 @@ impl Holder {
             signals,
             linger: Duration::from_secs(env_number(LINGER_VAR, DEFAULT_LINGER)),
         };
-        if let Err(e) = holder.masquerade().and_then(|()| holder.start_uplink()) {
+        // nft and pasta start side by side (each takes milliseconds).
+        let started = holder.masquerade().and_then(|nft| {
+            let up = holder.start_uplink();
+            phase("uplink started");
+            let made = Holder::masquerade_made(nft);
+            phase("masquerade rule made");
+            up.and(made)
+        });
+        if let Err(e) = started {
             holder.stop();
             return Err(e);
         }
+        phase("uplink up");
         holder.save()?;
         Ok(holder)
     }
 
     /// One rule for the whole network host: what leaves through the uplink leaves under the
     /// uplink's address (the only one pasta answers for), whatever sandbox sent it.
-    fn masquerade(&self) -> Result<()> {
+    fn masquerade(&self) -> Result<std::process::Child> {
         let nft = crate::firewall::nft::binary()?;
         let rules = format!(
             "table inet netbox-uplink {{\n\
@@ -374,7 +398,13 @@ impl Holder {
              \t}}\n\
              }}\n"
         );
-        let out = run_in_keeper(self.record.keeper_pid, &nft, &["-f", "-"], rules.as_bytes())
+        spawn_in_keeper(self.record.keeper_pid, &nft, &["-f", "-"], rules.as_bytes())
+            .map_err(io_err("running nft in the user network host".into()))
+    }
+
+    fn masquerade_made(nft: std::process::Child) -> Result<()> {
+        let out = nft
+            .wait_with_output()
             .map_err(io_err("running nft in the user network host".into()))?;
         if !out.status.success() {
             return Err(Error::Config(format!(
@@ -386,7 +416,10 @@ impl Holder {
     }
 
     fn save(&self) -> Result<()> {
-        save(&self.dir, &self.record).map_err(io_err(format!("writing {}", self.dir.join(RECORD).display())))
+        save(&self.dir, &self.record).map_err(io_err(format!(
+            "writing {}",
+            self.dir.join(RECORD).display()
+        )))
     }
 
     /// Starts pasta and waits until it has configured the network host (its pid file).
@@ -443,7 +476,9 @@ impl Holder {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Error::Config("the uplink (pasta) did not start in time".into()));
+                return Err(Error::Config(
+                    "the uplink (pasta) did not start in time".into(),
+                ));
             }
             std::thread::sleep(Duration::from_micros(500));
         }
@@ -476,7 +511,9 @@ impl Holder {
                 Ok(nix::sys::wait::WaitStatus::StillAlive) => {}
                 _ => return,
             }
-            if self.uplink.is_none() && last_restart.is_none_or(|t| t.elapsed() > Duration::from_millis(200)) {
+            if self.uplink.is_none()
+                && last_restart.is_none_or(|t| t.elapsed() > Duration::from_millis(200))
+            {
                 last_restart = Some(Instant::now());
                 match self.start_uplink() {
                     Ok(()) => {
@@ -508,14 +545,21 @@ impl Holder {
         }
         let _ = self.users.unlock();
         let sandboxes = Path::new(&format!("/proc/{}/root", self.record.keeper_pid))
-            .join(self.record.state.strip_prefix("/").unwrap_or(&self.record.state))
+            .join(
+                self.record
+                    .state
+                    .strip_prefix("/")
+                    .unwrap_or(&self.record.state),
+            )
             .join("run/sandboxes");
         let named = std::fs::read_dir(&sandboxes)
             .map(|entries| {
                 entries.flatten().any(|e| {
                     e.file_name().to_string_lossy().ends_with(".json")
                         && std::fs::read_to_string(e.path())
-                            .map(|t| t.contains("\"kind\": \"ns\"") || t.contains("\"kind\":\"ns\""))
+                            .map(|t| {
+                                t.contains("\"kind\": \"ns\"") || t.contains("\"kind\":\"ns\"")
+                            })
                             .unwrap_or(false)
                 })
             })

@@ -19,9 +19,8 @@ pub struct Namespaces {
 impl Namespaces {
     /// Opens /proc/PID/ns/{user,mnt,net}.
     pub fn of(pid: u32) -> io::Result<Namespaces> {
-        let open = |kind: &str| {
-            std::fs::File::open(format!("/proc/{pid}/ns/{kind}")).map(OwnedFd::from)
-        };
+        let open =
+            |kind: &str| std::fs::File::open(format!("/proc/{pid}/ns/{kind}")).map(OwnedFd::from);
         Ok(Namespaces {
             user: open("user")?,
             mnt: open("mnt")?,

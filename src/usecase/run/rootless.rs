@@ -28,9 +28,8 @@ pub(super) fn run(spec: &RunSpec, network: &str, subnet: Option<IpNetwork>) -> R
         ));
     }
     let bound = bind_ports(&spec.publish)?;
-    let session = usernet::enter(true)?.ok_or_else(|| {
-        Error::Config("the user network host did not start".into())
-    })?;
+    let session = usernet::enter(true)?
+        .ok_or_else(|| Error::Config("the user network host did not start".into()))?;
     let network = network::resolve(network, &network::conf_dirs(), subnet)?;
     let inside = RunSpec {
         publish: vec![],
@@ -82,14 +81,11 @@ fn bind_ports(publish: &[PortMapping]) -> Result<Vec<(PortMapping, Bound)>> {
                 mapping.host_port
             )));
         }
-        let ip = mapping
-            .host_ip
-            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let ip = mapping.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let addr = SocketAddr::new(ip, mapping.host_port);
-        let socket = Bound::bind(addr, mapping.protocol == Protocol::Udp).map_err(|source| {
-            Error::Config(format!("cannot publish {addr}/{proto}: {source}"))
-        })?;
-        out.push((mapping.clone(), socket));
+        let socket = Bound::bind(addr, mapping.protocol == Protocol::Udp)
+            .map_err(|source| Error::Config(format!("cannot publish {addr}/{proto}: {source}")))?;
+        out.push((*mapping, socket));
     }
     Ok(out)
 }
