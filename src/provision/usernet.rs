@@ -143,6 +143,10 @@ pub struct Session {
 /// Enters the user's network host, starting it when `start` (else Ok(None) when none runs).
 /// Call it before any thread exists: joining a user namespace needs a single-threaded process.
 pub fn enter(start: bool) -> Result<Option<Session>> {
+    if !start && !state_dir().join(RECORD).exists() {
+        // Nothing to enter; `ls` and friends leave no directory behind.
+        return Ok(None);
+    }
     let dir = open_state_dir()?;
     let users = open_lock(&dir, USERS_LOCK)?;
     users.lock_shared().map_err(io_err(format!(
