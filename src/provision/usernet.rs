@@ -322,9 +322,17 @@ impl Holder {
             .map_err(|e| Error::Config(format!("blocking signals: {e}")))?;
         let dir = open_state_dir()?;
         let holder_lock = open_lock(&dir, HOLDER_LOCK)?;
-        holder_lock
-            .try_lock()
-            .map_err(|_| Error::Config("another user network holder is running".into()))?;
+        // A holder on its way out (record removed, pasta and keeper being stopped) still has
+        // it for a moment: wait for it; only one starter at a time gets here (START_LOCK).
+        let deadline = Instant::now() + START_TIMEOUT;
+        while holder_lock.try_lock().is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Config(
+                    "another user network holder is running".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let users = open_lock(&dir, USERS_LOCK)?;
         let log = OpenOptions::new()
             .create(true)
