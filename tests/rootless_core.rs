@@ -262,3 +262,75 @@ fn rootless_errors_are_one_line_with_the_fix() {
     assert!(!Path::new(&world.state().join("host")).join("run").exists());
     std::thread::sleep(Duration::from_millis(10));
 }
+
+#[test]
+fn one_users_sandboxes_share_a_network_that_another_user_cannot_see() {
+    let test = "rootless_core::one_users_sandboxes_share_a_network_that_another_user_cannot_see";
+    if !rooted(test) {
+        return;
+    }
+    let world = World::new(64104);
+    let added = world.output(&["ns", "add", "web"]);
+    assert!(added.status.success(), "{}", text(&added));
+    let web_ip = String::from_utf8_lossy(&added.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .expect("ns add prints the address")
+        .to_string();
+    // The named sandbox keeps the network host up (linger 0 otherwise).
+    std::thread::sleep(Duration::from_millis(200));
+    let mut server = world.spawn(&[
+        "exec", "web", "--", "busybox", "nc", "-l", "-p", "7000", "-e", "echo", "from-web",
+    ]);
+    let mut reached = String::new();
+    eventually("a second sandbox reaching the first by address", || {
+        let out = world.output(&["run", "--", "busybox", "nc", &web_ip, "7000"]);
+        reached = text(&out);
+        reached.contains("from-web")
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let ls = text(&world.output(&["ls"]));
+    assert!(ls.contains("web"), "{ls}");
+    // Another user: sees nothing, enters nothing.
+    let other = World {
+        dir: tempfile::tempdir().expect("tempdir"),
+        bin: world.bin.clone(),
+        uid: 64105,
+    };
+    sh(&format!(
+        "chmod 755 {0}; for d in home xdg; do mkdir -m 700 {0}/$d; chown 64105:64105 {0}/$d; done",
+        other.dir.path().display()
+    ));
+    let ls = other.output(&["ls"]);
+    assert!(ls.status.success(), "{}", text(&ls));
+    assert!(!text(&ls).contains("web"), "{}", text(&ls));
+    let exec = other.output(&["exec", "web", "--", "true"]);
+    assert_eq!(exec.status.code(), Some(125), "{}", text(&exec));
+    let keeper = pid_of(&world.record(), "keeper_pid");
+    let nsenter = Command::new(sh("command -v setpriv").trim())
+        .args([
+            "--reuid",
+            "64105",
+            "--regid",
+            "64105",
+            "--clear-groups",
+            "nsenter",
+            "-t",
+        ])
+        .arg(keeper.to_string())
+        .args(["-U", "-n", "true"])
+        .output()
+        .expect("nsenter");
+    assert!(
+        !nsenter.status.success(),
+        "another user entered: {}",
+        text(&nsenter)
+    );
+    let del = world.output(&["ns", "del", "web"]);
+    assert!(del.status.success(), "{}", text(&del));
+    eventually("the holder to go once the named sandbox is gone", || {
+        !world.state().join("user-network.json").exists()
+    });
+}
