@@ -83,9 +83,11 @@ pub fn host_resolv_conf(overrides: &[IpAddr]) -> ResolvConf {
     resolv_conf(&host, upstream.as_deref(), overrides)
 }
 
-/// The resolv.conf of a sandbox in a user's network host: loopback servers of the host are
-/// replaced by `forward`, the address the uplink maps to the host's first resolver (it runs in
-/// the host's network namespace, where the loopback server answers).
+/// The resolv.conf of a sandbox in a user's network host: the host's first server and its
+/// loopback ones are replaced by `forward`, the address the uplink maps to the host's first
+/// resolver (it runs in the host's network namespace, where a loopback server answers). The
+/// first one must be replaced too: pasta rewrites every reply from it to come from `forward`,
+/// so a query sent to it directly would get an answer the resolver drops.
 pub fn resolv_conf_forwarded(host: &str, forward: IpAddr, overrides: &[IpAddr]) -> ResolvConf {
     let parsed = parse(host);
     let mut nameservers: Vec<IpAddr> = vec![];
@@ -94,8 +96,8 @@ pub fn resolv_conf_forwarded(host: &str, forward: IpAddr, overrides: &[IpAddr]) 
     } else {
         overrides
     };
-    for ip in servers {
-        let ip = if ip.is_loopback() && overrides.is_empty() {
+    for (i, ip) in servers.iter().enumerate() {
+        let ip = if overrides.is_empty() && (i == 0 || ip.is_loopback()) {
             forward
         } else {
             *ip
@@ -230,6 +232,13 @@ mod tests {
             &[ip("127.0.0.1")],
         );
         assert_eq!(own.nameservers, vec![ip("127.0.0.1")]);
+        // A first server that is not loopback is reached through the forward address too.
+        let first = resolv_conf_forwarded(
+            "nameserver 192.0.2.1\nnameserver 192.0.2.2\n",
+            ip("169.254.1.1"),
+            &[],
+        );
+        assert_eq!(first.nameservers, vec![ip("169.254.1.1"), ip("192.0.2.2")]);
     }
 
     #[test]
