@@ -38,7 +38,7 @@ enum For {
     Cni,
     /// Network labs.
     Lab,
-    /// Rootless sandboxes (not built yet: user namespaces and an uplink program).
+    /// Rootless `netbox run` (user namespaces, pasta, /dev/net/tun, unprivileged ports).
     Rootless,
 }
 

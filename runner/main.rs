@@ -80,6 +80,19 @@ enum Command {
     /// Write manual pages (netbox, each subcommand, netbox-cni) into a directory.
     #[command(hide = true)]
     Man(manual::ManArgs),
+    /// The per-user network host of rootless bridge networking (started by netbox itself).
+    #[command(hide = true, subcommand)]
+    UserNet(UserNetCommand),
+}
+
+#[derive(Subcommand)]
+enum UserNetCommand {
+    /// Make and hold the network host until it is unused (detached, started on first use).
+    Hold {
+        /// The uplink program.
+        #[arg(long)]
+        pasta: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -324,6 +337,9 @@ fn netbox_main() -> i32 {
         Command::Exec(args) => ns::exec(args),
         Command::Ls(args) => ns::ls(args),
         Command::Gc(args) => ns::gc(args),
+        Command::UserNet(UserNetCommand::Hold { pasta }) => {
+            netbox::provision::usernet::hold(&pasta)
+        }
         Command::Network(cmd) => ns::network(cmd),
         Command::Tuntap(cmd) => tuntap::run(cmd),
         Command::Node(cmd) => node::run(cmd),
@@ -375,6 +391,23 @@ fn run(args: RunArgs) -> i32 {
         Err(e) => fail(&e),
     }
 }
+
+/// Without privileges, `ns`, `exec`, `ls` and `gc` work on the user's own network host: this
+/// process enters it (starting it when `start`). Ok(None) when unprivileged and none runs;
+/// Err is the exit code (the error printed). Call it before any thread exists.
+pub fn enter_user_network(start: bool) -> Result<Option<UserNetUse>, i32> {
+    if netbox::sys::privilege::privileged() {
+        return Ok(Some(UserNetUse(None)));
+    }
+    match netbox::provision::usernet::enter(start) {
+        Ok(Some(session)) => Ok(Some(UserNetUse(Some(session)))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(fail(&e)),
+    }
+}
+
+/// The use of the user's network host (None as root), kept until the command ends.
+pub struct UserNetUse(#[allow(dead_code)] Option<netbox::provision::usernet::Session>);
 
 /// Prints the error chain on one line and picks the exit code.
 fn fail(e: &netbox::Error) -> i32 {

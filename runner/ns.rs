@@ -70,6 +70,13 @@ pub enum NetworkCommand {
 }
 
 pub fn ns(cmd: NsCommand) -> i32 {
+    let start = matches!(cmd, NsCommand::Add(_));
+    let _user_net = match super::enter_user_network(start) {
+        Ok(Some(u)) => u,
+        // Unprivileged, no network host: no sandbox to remove.
+        Ok(None) => return 0,
+        Err(code) => return code,
+    };
     match cmd {
         NsCommand::Add(a) => {
             let spec = AddSpec {
@@ -110,6 +117,17 @@ pub fn exec(args: ExecArgs) -> i32 {
         },
         Err(code) => return code,
     };
+    let _user_net = match super::enter_user_network(false) {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            eprintln!(
+                "netbox: no sandbox named \"{}\" (netbox ls lists them)",
+                args.name
+            );
+            return 125;
+        }
+        Err(code) => return code,
+    };
     match named::exec(&args.name, &spec) {
         Ok(code) => code,
         Err(e) => fail(&e),
@@ -117,9 +135,15 @@ pub fn exec(args: ExecArgs) -> i32 {
 }
 
 pub fn ls(args: LsArgs) -> i32 {
-    let listing = match gc::ls() {
-        Ok(l) => l,
-        Err(e) => return fail(&e),
+    let user_net = match super::enter_user_network(false) {
+        Ok(u) => u,
+        Err(code) => return code,
+    };
+    let listing = match user_net.as_ref().map(|_| gc::ls()) {
+        Some(Ok(l)) => l,
+        Some(Err(e)) => return fail(&e),
+        // Unprivileged, no network host: nothing of the user's.
+        None => gc::Listing::default(),
     };
     if args.json {
         return print_json(&listing);
@@ -159,6 +183,11 @@ pub fn ls(args: LsArgs) -> i32 {
 }
 
 pub fn gc(args: GcArgs) -> i32 {
+    let _user_net = match super::enter_user_network(false) {
+        Ok(Some(u)) => u,
+        Ok(None) => return 0,
+        Err(code) => return code,
+    };
     let bar = crate::progress::Progress::new("removing veths", 20, args.json || args.dry_run);
     let report = match gc::gc_with_progress(args.dry_run, &|done, total| bar.update(done, total)) {
         Ok(r) => r,

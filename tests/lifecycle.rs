@@ -116,7 +116,8 @@ fn lease_files() -> BTreeSet<String> {
 fn record_files() -> BTreeSet<String> {
     files_under(Path::new(RECORDS))
         .into_iter()
-        .filter(|f| !f.ends_with("/lock"))
+        // Lock files, kept on purpose: the lifecycle lock and the CNI admission queue.
+        .filter(|f| !f.ends_with("/lock") && !f.ends_with("/cni-queue"))
         .collect()
 }
 

@@ -18,5 +18,6 @@ mod lifecycle;
 mod multinode;
 mod netlink;
 mod rootless;
+mod rootless_core;
 mod run;
 mod tuntap;

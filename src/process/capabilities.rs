@@ -156,6 +156,23 @@ pub(crate) fn limit_bounding_set(bounding: CapMask) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Every capability the running kernel knows (from /proc/sys/kernel/cap_last_cap).
+pub fn kernel_caps() -> CapMask {
+    let last: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(40)
+        .min(63);
+    CapMask(u64::MAX >> (63 - last))
+}
+
+/// Keeps `caps` (all held) across exec as ambient capabilities: a process that joined a user
+/// namespace under a uid other than 0 has them all, but the tools it runs there (nft) would
+/// lose them at exec. Makes only syscalls: usable between fork and exec.
+pub fn keep_across_exec(caps: CapMask) -> std::io::Result<()> {
+    set_capabilities(caps, caps)
+}
+
 /// Sets the permitted, effective and inheritable sets, and the ambient set to `ambient`
 /// (which must be within `permitted` and is also made inheritable, as ambient requires).
 pub(crate) fn set_capabilities(permitted: CapMask, ambient: CapMask) -> std::io::Result<()> {

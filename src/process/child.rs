@@ -129,6 +129,9 @@ pub(crate) struct Prepared {
     /// `net.ipv4.ping_group_range` for a new network namespace: every group (rootless: the
     /// caller's, the only one its user namespace maps).
     pub ping_groups: CString,
+    /// CMD, not root of its user namespace, may bind any port in its own network namespace
+    /// (a user's network host: `-p 8080:80` reaches a server on port 80).
+    pub low_ports: bool,
     /// The child is pid 1 of a new PID namespace: it mounts /proc and forks CMD.
     pub pid_namespace: bool,
     /// For each of resolv.conf and hosts: (source in the scratch tmpfs, target), when the
@@ -473,6 +476,9 @@ fn allow_unprivileged_ping(p: &Prepared) {
         c"/proc/sys/net/ipv4/ping_group_range",
         p.ping_groups.as_bytes(),
     );
+    if p.low_ports {
+        let _ = write_file(c"/proc/sys/net/ipv4/ip_unprivileged_port_start", b"0");
+    }
 }
 
 /// Cuts the bounding set, switches user, and leaves CMD the capabilities of `p.caps`: a root
@@ -585,7 +591,7 @@ fn write_all(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
+pub(crate) fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
     // SAFETY: path is NUL-terminated.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -599,7 +605,7 @@ fn write_file(path: &std::ffi::CStr, data: &[u8]) -> io::Result<()> {
 
 /// Brings `lo` up with an ioctl: the child has no netlink connection, and one flag does not
 /// deserve one.
-fn loopback_up() -> io::Result<()> {
+pub(crate) fn loopback_up() -> io::Result<()> {
     // SAFETY: ifreq is plain data; the ioctls read and write it in place.
     unsafe {
         let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);

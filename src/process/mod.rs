@@ -23,6 +23,7 @@ pub mod seccomp;
 mod signals;
 mod spawn;
 mod user;
+pub mod usernet;
 
 pub use capabilities::{CapName, DEFAULT_CAPS};
 pub use on_exec::{

@@ -168,7 +168,9 @@ fn prepared(
     Ok(Prepared {
         parent_pidfd,
         parent: nix::unistd::getpid().as_raw(),
-        ping_groups: if rootless {
+        low_ports: crate::sys::userns::inside().is_some(),
+        // In a user namespace only its mapped groups can be named (the caller's own).
+        ping_groups: if rootless || crate::sys::userns::inside().is_some() {
             let gid = nix::unistd::getgid().as_raw();
             cstr("ping groups", format!("{gid} {gid}").as_bytes())?
         } else {

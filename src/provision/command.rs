@@ -155,7 +155,14 @@ pub fn sandbox_spec(spec: &RunSpec, net: NetSetup) -> SandboxSpec {
 
 /// The sandbox's resolv.conf and hosts (naming it on its addresses).
 pub fn private_files(spec: &RunSpec, addrs: &[IpAddr]) -> PrivateFiles {
-    let resolv = dns::host_resolv_conf(&spec.dns);
+    let resolv = match crate::sys::userns::inside() {
+        Some(inside) => dns::resolv_conf_forwarded(
+            &std::fs::read_to_string(dns::HOST_RESOLV_CONF).unwrap_or_default(),
+            inside.dns_forward,
+            &spec.dns,
+        ),
+        None => dns::host_resolv_conf(&spec.dns),
+    };
     for warning in &resolv.warnings {
         eprintln!("netbox: warning: {warning}");
     }

@@ -11,3 +11,4 @@ pub mod leases;
 pub mod publish;
 pub mod records;
 pub mod rollback;
+pub mod usernet;

@@ -36,6 +36,10 @@ pub const DEFAULT_RUN_DIR: &str = "/run/netbox";
 
 /// The state directory.
 pub fn run_dir() -> PathBuf {
+    // In a user's network host: its private state.
+    if let Some(dir) = crate::sys::userns::inside_dir("run") {
+        return dir;
+    }
     match std::env::var_os("NETBOX_RUN_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => PathBuf::from(DEFAULT_RUN_DIR),

@@ -19,6 +19,8 @@ pub mod netns;
 pub mod nfnetlink;
 pub mod private_host;
 pub mod privilege;
+pub mod relay;
 pub mod runtime;
 pub mod sysctl;
 pub mod tuntap;
+pub mod userns;

@@ -19,6 +19,20 @@ use thiserror::Error;
 
 /// Where iproute2 keeps named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
+/// Overrides [`NETNS_RUN_DIR`].
+pub const NETNS_DIR_VAR: &str = "NETBOX_NETNS_DIR";
+
+/// Where named namespaces live: in a user's network host its private state's `netns`, else
+/// NETBOX_NETNS_DIR, else /run/netns.
+pub fn netns_dir() -> PathBuf {
+    if let Some(dir) = super::userns::inside_dir("netns") {
+        return dir;
+    }
+    match std::env::var_os(NETNS_DIR_VAR) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => PathBuf::from(NETNS_RUN_DIR),
+    }
+}
 /// Longest namespace name accepted (a path component, kept readable).
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -38,7 +52,7 @@ pub enum NetnsError {
         #[source]
         source: Errno,
     },
-    #[error("network namespace \"{name}\" already exists in {NETNS_RUN_DIR}")]
+    #[error("network namespace \"{name}\" already exists")]
     Exists { name: String },
     #[error("invalid namespace name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
@@ -258,7 +272,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 /// Path of a named namespace.
 pub fn named_path(name: &str) -> PathBuf {
-    Path::new(NETNS_RUN_DIR).join(name)
+    netns_dir().join(name)
 }
 
 /// Creates a named namespace exactly as `ip netns add NAME` does: /run/netns is made a shared
@@ -369,7 +383,7 @@ pub fn delete_named(name: &str) -> Result<()> {
 
 /// Makes /run/netns exist and be a shared mount point, as iproute2 does.
 fn prepare_run_dir() -> Result<()> {
-    let dir = Path::new(NETNS_RUN_DIR);
+    let dir = &netns_dir();
     std::fs::create_dir_all(dir).map_err(|source| NetnsError::Io {
         what: "creating",
         path: dir.into(),

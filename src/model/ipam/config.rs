@@ -39,6 +39,10 @@ pub struct IpamConfig {
 /// Where leases live unless a configuration's `dataDir` says otherwise:
 /// `$NETBOX_DATA_DIR/ipam`, or `/var/lib/netbox/ipam`.
 pub fn default_data_dir() -> PathBuf {
+    // In a user's network host: its private state.
+    if let Some(dir) = crate::sys::userns::inside_dir("lib") {
+        return dir.join("ipam");
+    }
     match std::env::var_os("NETBOX_DATA_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("ipam"),
         _ => PathBuf::from("/var/lib/netbox/ipam"),

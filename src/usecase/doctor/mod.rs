@@ -9,7 +9,7 @@
 //! check the runner adds ([`stale_objects`]): a use case does not call another.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ipnetwork::IpNetwork;
 use serde::Serialize;
@@ -175,17 +175,53 @@ pub fn is_root() -> bool {
 }
 
 fn privileges(root: bool) -> Check {
-    let mut c = Check::new("privileges", &[Purpose::Run, Purpose::Cni]);
+    let mut c = Check::new("privileges", &[Purpose::Cni]);
     if root {
         c.ok("root with CAP_NET_ADMIN and CAP_SYS_ADMIN");
     } else {
         c.set(
             Status::Fail,
-            "not root: bridge networks (netbox run, ns add, netbox-cni) need CAP_NET_ADMIN and \
-             CAP_SYS_ADMIN on the host",
-            Some("run with sudo (`netbox run --net none` and labs work without privileges)".into()),
+            "not root: netbox-cni needs CAP_NET_ADMIN and CAP_SYS_ADMIN on the host; netbox run \
+             and ns add use your own network host (see --for rootless)",
+            Some("run with sudo for netbox-cni and bridges on the host's own network".into()),
         );
     }
+    c
+}
+
+/// pasta opens /dev/net/tun as the user (inside the user's namespace, where root's file
+/// modes still apply): distributions ship it 0666, some hosts and containers 0600.
+fn tun_for_users() -> Check {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Check::new("/dev/net/tun for users", &[Purpose::Rootless]);
+    match std::fs::metadata("/dev/net/tun") {
+        Ok(m) if m.permissions().mode() & 0o006 == 0o006 => {
+            c.ok("mode 0666: pasta can make the rootless uplink's tap")
+        }
+        Ok(m) => c.set(
+            Status::Fail,
+            format!(
+                "mode {:04o}: users cannot open it, so pasta cannot make the rootless uplink",
+                m.permissions().mode() & 0o7777
+            ),
+            Some("sudo chmod 0666 /dev/net/tun (the mode distributions ship)".into()),
+        ),
+        Err(e) => c.set(
+            Status::Fail,
+            format!("{e}: rootless `netbox run` needs a TUN device for its uplink"),
+            Some("sudo modprobe tun".into()),
+        ),
+    }
+    c
+}
+
+/// The lowest host port a rootless `-p` may publish.
+fn unprivileged_ports() -> Check {
+    let mut c = Check::new("unprivileged port start", &[]);
+    let start = crate::sys::userns::unprivileged_port_start();
+    c.ok(format!(
+        "net.ipv4.ip_unprivileged_port_start = {start}: rootless `-p HOSTPORT` needs HOSTPORT >= {start}"
+    ));
     c
 }
 
@@ -271,16 +307,6 @@ fn ping_group_range() -> Check {
     c
 }
 
-/// An executable `name` in PATH or the sbin directories (sudo and cron often drop them).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .filter(|d| d.is_absolute())
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -300,25 +326,21 @@ fn programs() -> Vec<Check> {
     }
     out.push(nft);
 
-    let mut uplink = Check::new("program: rootless uplink", &[]);
-    let found: Vec<String> = ["slirp4netns", "pasta"]
-        .iter()
-        .filter_map(|p| find_program(p))
-        .map(|p| p.display().to_string())
-        .collect();
-    if found.is_empty() {
-        uplink.set(
-            Status::Warn,
-            "neither slirp4netns nor pasta found: rootless sandboxes (not built yet) will need one",
-            Some("sudo apt-get install slirp4netns (or passt)".into()),
-        );
-    } else {
-        uplink.ok(format!(
-            "{} (for rootless sandboxes, not built yet)",
-            found.join(", ")
-        ));
+    let mut uplink = Check::new("program: pasta (rootless uplink)", &[Purpose::Rootless]);
+    match crate::sys::userns::find_program("pasta") {
+        Some(p) => uplink.ok(format!(
+            "{} (the uplink of rootless `netbox run`'s network host)",
+            p.display()
+        )),
+        None => uplink.set(
+            Status::Fail,
+            "pasta not found in PATH: `netbox run` without root has no uplink",
+            Some("sudo apt-get install passt".into()),
+        ),
     }
     out.push(uplink);
+    out.push(tun_for_users());
+    out.push(unprivileged_ports());
 
     let mut plugin = Check::new("program: netbox-cni", &[]);
     let dirs = ["/usr/lib/cni", "/opt/cni/bin"];

@@ -23,6 +23,16 @@ use crate::{Error, Result};
 use super::RunSpec;
 
 pub(super) fn run(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
+    run_with(spec, network, &mut |_| Ok(()))
+}
+
+/// [`run`], calling `attached` with the sandbox's addresses once it is wired, before CMD
+/// starts (the rootless mode starts its port relays there).
+pub(super) fn run_with(
+    spec: &RunSpec,
+    network: &NetworkSpec,
+    attached_hook: &mut dyn FnMut(&[IpAddr]) -> Result<()>,
+) -> Result<i32> {
     let start = std::time::Instant::now();
     let phase = |what: &str| tracing::debug!(us = start.elapsed().as_micros() as u64, "{what}");
     // File system work first: while the child copies the mount table (unshare(CLONE_NEWNS))
@@ -131,9 +141,10 @@ pub(super) fn run(spec: &RunSpec, network: &NetworkSpec) -> Result<i32> {
         None => None,
     };
     drop(ns);
+    let ips: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
+    attached_hook(&ips)?;
     // From here on the command's end is the teardown.
     rollback.commit();
-    let ips: Vec<IpAddr> = attached.addresses.iter().map(|a| a.ip()).collect();
     let result = start_and_wait(child, &private_files(spec, &ips));
     if let Some((stop, thread)) = capture {
         stop.store(true, Ordering::Relaxed);

@@ -1,9 +1,10 @@
 //! `netbox run`: a command in a fresh network namespace, attached to a bridge network, with its
 //! own resolv.conf, hosts and hostname, cleaned up however it ends.
 //!
-//! Each network mode ([`NetMode`]) is a module: `bridge` (a veth on a bridge network) and
-//! `loopback` (`--net none`: loopback only, rootless through a user namespace). A new mode
-//! (a rootless user-mode uplink) is a variant and a module beside them.
+//! Each network mode ([`NetMode`]) is a module: `bridge` (a veth on a bridge network),
+//! `rootless` (the bridge path for a user without privileges, in the user's network host with
+//! pasta as its uplink) and `loopback` (`--net none`: loopback only, rootless through a user
+//! namespace).
 //!
 //! Teardown is lazy by design. The namespace is referenced only by netbox (until the command
 //! starts) and by the command; the command dies with netbox (PDEATHSIG); when the last process
@@ -18,6 +19,7 @@
 
 mod bridge;
 mod loopback;
+mod rootless;
 
 use crate::model::network;
 use crate::process::{self, NetSetup};
@@ -56,11 +58,8 @@ pub fn run(spec: RunSpec) -> Result<i32> {
         }
         NetMode::Bridge { network, subnet } => {
             if !privileged() {
-                return Err(Error::Config(
-                    "bridge networking needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN on the host); \
-                     run with sudo, or use --net none for a loopback-only sandbox without privileges"
-                        .into(),
-                ));
+                // In the user's network host, where this process becomes privileged.
+                return rootless::run(&spec, network, *subnet);
             }
             let network = network::resolve(network, &network::conf_dirs(), *subnet)?;
             bridge::run(&spec, &network)
