@@ -91,7 +91,14 @@ fn throughput(netbox: &std::path::Path, rounds: usize, secs: u32) {
             } else {
                 iperf_slirp(user, mtu, secs)
             };
-            gbits[which].push(bits_per_second(&report) / 1e9);
+            let g = bits_per_second(&report) / 1e9;
+            if std::env::var_os("NETBOX_BENCH_VERBOSE").is_some() {
+                eprintln!(
+                    "  {kind} mtu {mtu}: {g:.2} Gbit/s, {} retransmits",
+                    retransmits(&report)
+                );
+            }
+            gbits[which].push(g);
             user.wait_none_left("after an iperf3 sample");
         }
     }
@@ -192,6 +199,13 @@ fn bits_per_second(report: &str) -> f64 {
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap_or_else(|| panic!("no sum_received in {report}"))
+}
+
+fn retransmits(report: &str) -> u64 {
+    serde_json::from_str::<serde_json::Value>(report)
+        .ok()
+        .and_then(|v| v["end"]["sum_sent"]["retransmits"].as_u64())
+        .unwrap_or(0)
 }
 
 fn median_f(v: &mut [f64]) -> f64 {

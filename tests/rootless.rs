@@ -137,6 +137,23 @@ fn role() {
             ping(arg);
             println!("pong {arg}");
         }
+        "bulk" => {
+            let (target, n) = arg.rsplit_once(':').expect("bulk:ADDR:PORT:BYTES");
+            bulk(target, n.parse().expect("bytes"));
+            println!("bulk-ok {n}");
+        }
+        "closed" => println!("closed-ok {}", closed(arg)),
+        "gateway-port" => {
+            let gw = default_gateway();
+            let tried = TcpStream::connect_timeout(
+                &(gw, arg.parse::<u16>().expect("port")).into(),
+                Duration::from_secs(2),
+            );
+            println!(
+                "gateway-port {}",
+                if tried.is_ok() { "open" } else { "closed" }
+            );
+        }
         other => panic!("unknown role {other}"),
     }
 }
@@ -152,6 +169,63 @@ fn ask_tcp(target: &str) -> Result<String, String> {
     conn.read_to_string(&mut answer)
         .map_err(|e| format!("receive from {target}: {e}"))?;
     Ok(answer.trim().to_string())
+}
+
+/// The bulk role: sends `n` patterned bytes, half-closes, and checks that exactly those bytes
+/// come back before the server's close (the world's echo answers after EOF).
+fn bulk(target: &str, n: usize) {
+    let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+    let mut conn = TcpStream::connect(target).unwrap_or_else(|e| panic!("connect {target}: {e}"));
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut writer = conn.try_clone().expect("clone");
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&data).expect("send");
+        writer
+            .shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        data
+    });
+    let mut back = Vec::new();
+    conn.read_to_end(&mut back).expect("receive");
+    let data = sender.join().expect("sender");
+    assert!(
+        back == data,
+        "{} bytes came back of {n}, or other bytes",
+        back.len()
+    );
+}
+
+/// The closed role: a connection to a port nobody listens on fails (refused, or reset at the
+/// first read) within a few seconds; returns how.
+fn closed(target: &str) -> &'static str {
+    let Ok(mut conn) = TcpStream::connect(target) else {
+        return "refused";
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = conn.write_all(b"hello\n");
+    let mut buf = [0u8; 16];
+    match conn.read(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset",
+        other => panic!("{target}: a closed port answered {other:?}"),
+    }
+}
+
+/// The sandbox's default gateway (IPv4), from /proc/net/route.
+fn default_gateway() -> std::net::Ipv4Addr {
+    let routes = std::fs::read_to_string("/proc/net/route").expect("/proc/net/route");
+    routes
+        .lines()
+        .skip(1)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&"00000000"))
+                .then(|| u32::from_str_radix(f[2], 16).ok())
+                .flatten()
+        })
+        .map(|gw| std::net::Ipv4Addr::from(u32::from_be(gw)))
+        .expect("a default route")
 }
 
 /// Sends `msg` in a datagram, returns the reply (trimmed).
@@ -551,6 +625,57 @@ fn published_ports_reach_cmd_from_the_host_and_beyond() {
     user.wait_none_left("after the run with published ports");
 }
 
+/// Outbound TCP leaves through the holder's TCP uplink (a splice relay from a redirect), so
+/// what a direct connection guarantees is checked through it: megabytes both ways intact,
+/// half-close, a closed port failing fast, the peer seeing the user's own host address; and
+/// the relay's listener cannot be reached without a redirection (no open proxy).
+#[test]
+fn outbound_tcp_keeps_its_bytes_half_close_and_refusals() {
+    let test = "rootless::outbound_tcp_keeps_its_bytes_half_close_and_refusals";
+    if !private_host(test) {
+        return;
+    }
+    let Some(lab) = Lab::new(test) else { return };
+    const ECHO_PORT: u16 = 7301;
+    // The world's echo: everything until EOF, then the same bytes back, then close.
+    let echo = lab.world.thread(|| {
+        let listener = TcpListener::bind(("0.0.0.0", ECHO_PORT)).expect("listen");
+        let mut peers = Vec::new();
+        for _ in 0..2 {
+            let (mut conn, peer) = listener.accept().expect("accept");
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).expect("read to EOF");
+            conn.write_all(&got).expect("echo");
+            peers.push(peer.ip().to_string());
+        }
+        peers
+    });
+    let user = lab.user(63111);
+    let script = [
+        lab.role(&format!("bulk:{WORLD}:{ECHO_PORT}:8000000")),
+        lab.role(&format!("bulk:{BEYOND}:{ECHO_PORT}:1")),
+        lab.role(&format!("closed:{WORLD}:7399")),
+        lab.role("gateway-port:1"),
+    ]
+    .join(" && ");
+    let out = output(&mut user.netbox(&["run", "--", "sh", "-c", &script]));
+    assert_ok("outbound TCP roles", &out);
+    let stdout = text(&out.stdout);
+    for want in [
+        "bulk-ok 8000000",
+        "bulk-ok 1",
+        "closed-ok ",
+        "gateway-port closed",
+    ] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    assert_eq!(
+        echo.join().expect("echo server"),
+        vec![HOST.to_string(), HOST.to_string()],
+        "the world sees the user's host address"
+    );
+}
+
 #[test]
 fn sandboxes_of_one_user_reach_each_other() {
     let test = "rootless::sandboxes_of_one_user_reach_each_other";
@@ -870,6 +995,33 @@ fn pasta_missing_is_one_line_naming_the_package() {
     // --net none needs no uplink.
     let none = output(&mut user.netbox(&["run", "--net", "none", "--", "true"]));
     assert_ok("--net none without pasta", &none);
+    user.wait_none_left("after the refused run");
+}
+
+/// Some machines ship /dev/net/tun 0600: pasta cannot open it as the user, and the run says
+/// so in one line with the fix instead of pasta's own words.
+#[test]
+fn tun_closed_to_users_is_one_line_with_the_fix() {
+    let test = "rootless::tun_closed_to_users_is_one_line_with_the_fix";
+    if !private_host(test) {
+        return;
+    }
+    let Some(lab) = Lab::new(test) else { return };
+    let user = lab.user(63118);
+    // The world mounted a 0666 node over /dev/net/tun in this private host: a 0600 one now.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = dir.path().join("tun");
+    sh(&format!(
+        "mknod -m 600 {n} c 10 200 && mount --bind {n} /dev/net/tun",
+        n = node.display()
+    ));
+    let out = output(&mut user.netbox(&["run", "--", "echo", "CMD-RAN"]));
+    let line = one_error_line("run with /dev/net/tun 0600", &out);
+    assert!(
+        line.contains("mode 0600") && line.contains("chmod 0666 /dev/net/tun"),
+        "{line}"
+    );
+    assert!(!text(&out.stdout).contains("CMD-RAN"));
     user.wait_none_left("after the refused run");
 }
 

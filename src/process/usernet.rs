@@ -4,6 +4,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
@@ -208,4 +209,127 @@ pub fn spawn_in_keeper(
         let _ = stdin.write_all(input);
     }
     Ok(child)
+}
+
+/// TCP listeners on `port` of every address (IPv4, and IPv6 when the network host has it)
+/// made inside the keeper's network namespace and handed back (SCM_RIGHTS) by a short-lived
+/// child: this process cannot enter that namespace itself (it would have to join the user
+/// namespace, for good). Call it while this process has one thread.
+pub fn listen_in_keeper(keeper_pid: u32, port: u16) -> io::Result<Vec<std::net::TcpListener>> {
+    use nix::sys::socket::{
+        recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+        SockFlag, SockType,
+    };
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let user = std::fs::File::open(format!("/proc/{keeper_pid}/ns/user"))?;
+    let net = std::fs::File::open(format!("/proc/{keeper_pid}/ns/net"))?;
+    let (mine, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    // SAFETY: the process is single-threaded (the caller's contract); the child only makes
+    // syscalls and exits without returning.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            drop(mine);
+            let sent = (|| -> nix::Result<()> {
+                nix::sched::setns(&user, nix::sched::CloneFlags::CLONE_NEWUSER)?;
+                nix::sched::setns(&net, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let mut fds = vec![listen_any(false, port)?];
+                // No IPv6 in the network host (disabled) is not an error.
+                if let Ok(fd) = listen_any(true, port) {
+                    fds.push(fd);
+                }
+                let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+                let iov = [io::IoSlice::new(b"l")];
+                sendmsg::<()>(
+                    theirs.as_raw_fd(),
+                    &iov,
+                    &[ControlMessage::ScmRights(&raw)],
+                    MsgFlags::empty(),
+                    None,
+                )?;
+                Ok(())
+            })();
+            let code = match sent {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = nix::unistd::write(&theirs, (e as i32).to_string().as_bytes());
+                    1
+                }
+            };
+            // SAFETY: leave the forked copy without running the parent's exit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(theirs);
+            let mut buf = [0u8; 16];
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+            let received = recvmsg::<()>(
+                mine.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            );
+            let mut listeners = Vec::new();
+            let mut failure = None;
+            match received {
+                Ok(msg) => {
+                    for cmsg in msg.cmsgs()? {
+                        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                            for fd in fds {
+                                // SAFETY: a descriptor just received, owned by nobody else.
+                                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                                listeners.push(std::net::TcpListener::from(fd));
+                            }
+                        }
+                    }
+                    if listeners.is_empty() {
+                        let errno = std::str::from_utf8(&buf)
+                            .ok()
+                            .and_then(|s| s.trim_end_matches('\0').parse().ok())
+                            .unwrap_or(0);
+                        failure = Some(if errno != 0 {
+                            io::Error::from_raw_os_error(errno)
+                        } else {
+                            io::Error::other("the listener's maker ended")
+                        });
+                    }
+                }
+                Err(e) => failure = Some(e.into()),
+            }
+            let _ = nix::sys::wait::waitpid(child, None);
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(listeners),
+            }
+        }
+    }
+}
+
+/// A listening TCP socket on `port` of every address of one family.
+fn listen_any(v6: bool, port: u16) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrIn, SockaddrIn6,
+    };
+    let family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if v6 {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        let any = std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, port, 0, 0);
+        bind(fd.as_raw_fd(), &SockaddrIn6::from(any))?;
+    } else {
+        bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port))?;
+    }
+    listen(&fd, Backlog::new(1024)?)?;
+    Ok(fd)
 }

@@ -9,10 +9,14 @@
 //! `lib`), used in place of /run/netbox, /run/netns and /var/lib/netbox, invisible to the host
 //! and gone with the keeper.
 //!
-//! - Uplink: pasta (package passt), the holder's child in the host's namespaces, attached to
-//!   the keeper's network namespace (`--config-net`: the host's addresses and routes on its tap,
-//!   `uplink0`), forwarding DNS sent to [`DNS_FORWARD`] to the host's first resolver. If it
-//!   dies, the holder starts it again. The keeper turned on ip_forward; runs masquerade.
+//! - Uplink: outbound TCP is redirected to a listener the holder owns in the network host
+//!   ([`TCP_UPLINK_PORT`]) and relayed from the host's namespace with splice
+//!   ([`crate::sys::relay::relay_redirected`]): kernel TCP at both ends, at memory speed.
+//!   The rest goes through pasta (package passt), the holder's child in the host's namespaces,
+//!   attached to the keeper's network namespace (`--config-net`: the host's addresses and
+//!   routes on its tap, `uplink0`), forwarding DNS sent to [`DNS_FORWARD`] to the host's first
+//!   resolver. If it dies, the holder starts it again. The keeper turned on ip_forward; what
+//!   leaves through the tap is masqueraded.
 //! - State: `$XDG_RUNTIME_DIR/netbox` (or `/tmp/netbox-UID`, 0700, refused when another user's
 //!   or a link): `user-network.json` (the holder's record), `user-network.users` (the lock every
 //!   user of the network host holds shared for as long as it uses it), `user-network.start`
@@ -35,7 +39,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::model::owner::process_start_time;
-use crate::process::usernet::{spawn_in_keeper, spawn_supervised, start_keeper, KeeperSpec};
+use crate::process::usernet::{
+    listen_in_keeper, spawn_in_keeper, spawn_supervised, start_keeper, KeeperSpec,
+};
+use crate::sys::relay;
 use crate::sys::userns::{self, Inside, Namespaces};
 use crate::{Error, Result};
 
@@ -57,6 +64,9 @@ const HOLDER_LOCK: &str = "user-network.holder";
 const LOG: &str = "user-network.log";
 const HOST_DIR: &str = "host";
 /// How long a starting holder may take to report.
+/// The holder's TCP uplink listens on this port of the network host (tcpmux, unused): the
+/// sandboxes' outbound TCP is redirected to it.
+const TCP_UPLINK_PORT: u16 = 1;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The holder's record, `user-network.json`.
@@ -193,9 +203,34 @@ pub fn pasta_missing() -> Error {
     Error::Config("rootless networking needs pasta: apt-get install passt".into())
 }
 
+/// pasta opens /dev/net/tun as the user: some machines ship it 0600 (root only), and pasta's
+/// own message would not say what to do.
+fn tun_usable() -> Result<()> {
+    use nix::unistd::{access, AccessFlags};
+    let tun = Path::new("/dev/net/tun");
+    match access(tun, AccessFlags::R_OK | AccessFlags::W_OK) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::ENOENT) => Err(Error::Config(
+            "rootless networking needs /dev/net/tun, which is missing: modprobe tun (as root)"
+                .into(),
+        )),
+        Err(e) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(tun)
+                .map(|m| format!("{:04o}", m.permissions().mode() & 0o7777))
+                .unwrap_or_else(|_| "unreadable".into());
+            Err(Error::Config(format!(
+                "rootless networking needs /dev/net/tun open to users (mode {mode} here: {e}): \
+                 chmod 0666 /dev/net/tun (as root; the usual mode)"
+            )))
+        }
+    }
+}
+
 /// Starts a holder and waits for its report; its record once it is up.
 fn start_holder(dir: &Path) -> Result<UserNetRecord> {
     let pasta = userns::find_program("pasta").ok_or_else(pasta_missing)?;
+    tun_usable()?;
     let exe = std::env::current_exe().map_err(io_err("finding the netbox binary".into()))?;
     let log_path = dir.join(LOG);
     let log =
@@ -358,6 +393,10 @@ impl Holder {
             }
         })?;
         phase("keeper ready");
+        // While this process has one thread; served once the uplink is up.
+        let tcp_uplink = listen_in_keeper(keeper_pid, TCP_UPLINK_PORT).map_err(io_err(
+            "listening for the TCP uplink in the network host".into(),
+        ));
         let me = std::process::id();
         let mut holder = Holder {
             record: UserNetRecord {
@@ -389,7 +428,13 @@ impl Holder {
             phase("masquerade rule made");
             up.and(made)
         });
-        if let Err(e) = started {
+        let served = tcp_uplink.and_then(|listeners| {
+            listeners
+                .into_iter()
+                .try_for_each(relay::relay_redirected)
+                .map_err(io_err("starting the TCP uplink".into()))
+        });
+        if let Err(e) = started.and(served) {
             holder.stop();
             return Err(e);
         }
@@ -398,15 +443,30 @@ impl Holder {
         Ok(holder)
     }
 
-    /// One rule for the whole network host: what leaves through the uplink leaves under the
-    /// uplink's address (the only one pasta answers for), whatever sandbox sent it.
+    /// The network host's rules, for all its sandboxes:
+    /// - outbound TCP is redirected to the holder's TCP uplink ([`TCP_UPLINK_PORT`]), all
+    ///   but DNS to pasta's forward address; nobody reaches that port without a redirection;
+    /// - what still leaves through pasta (UDP, ICMP, DNS) leaves under the uplink's address
+    ///   (the only one pasta answers for), whatever sandbox sent it.
     fn masquerade(&self) -> Result<std::process::Child> {
         let nft = crate::firewall::nft::binary()?;
+        let (up, port, dns) = (UPLINK_IFNAME, TCP_UPLINK_PORT, self.record.dns_forward);
         let rules = format!(
             "table inet netbox-uplink {{\n\
              \tchain postrouting {{\n\
              \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-             \t\toifname \"{UPLINK_IFNAME}\" masquerade\n\
+             \t\toifname \"{up}\" masquerade\n\
+             \t}}\n\
+             \tchain prerouting {{\n\
+             \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+             \t\tiifname != \"{up}\" meta l4proto tcp fib daddr oifname \"{up}\" \
+             ip daddr != {dns} redirect to :{port}\n\
+             \t\tiifname != \"{up}\" meta l4proto tcp fib daddr oifname \"{up}\" \
+             meta nfproto ipv6 redirect to :{port}\n\
+             \t}}\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority filter; policy accept;\n\
+             \t\ttcp dport {port} ct status ! dnat drop\n\
              \t}}\n\
              }}\n"
         );

@@ -1,12 +1,27 @@
-//! Port relays of rootless published ports: a socket bound in the host's network namespace
-//! (before the process enters the user's network host) and threads that carry each TCP
-//! connection or UDP peer to the sandbox's address. The relays live as long as the process.
+//! TCP and UDP relays of the rootless network, threads that live as long as the process:
+//!
+//! - published ports: a socket bound in the host's network namespace (before the process
+//!   enters the user's network host) carries each TCP connection or UDP peer to the
+//!   sandbox's address;
+//! - the outbound TCP uplink: the user's network host redirects the sandboxes' outbound TCP
+//!   to a listener of the holder's, which connects to the original destination from the
+//!   host's namespace.
+//!
+//! TCP data moves with splice(2) through a pipe, socket to socket inside the kernel: both
+//! ends are the kernel's own TCP, so a connection keeps its segmentation offloads and runs at
+//! memory speed at any MTU (a user-mode TCP stack reassembles and copies every segment).
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream, UdpSocket,
+};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use nix::fcntl::SpliceFFlags;
+use nix::sys::socket::{getsockopt, setsockopt, sockopt};
 
 /// A UDP peer's session ends after this long without a datagram from the sandbox.
 const UDP_IDLE: Duration = Duration::from_secs(60);
@@ -35,7 +50,7 @@ impl Bound {
             Bound::Tcp(listener) => {
                 std::thread::Builder::new()
                     .name("relay-tcp".into())
-                    .spawn(move || accept_loop(listener, target))?;
+                    .spawn(move || accept_loop(listener, move |_| Some(target)))?;
             }
             Bound::Udp(socket) => {
                 std::thread::Builder::new()
@@ -47,13 +62,61 @@ impl Bound {
     }
 }
 
-fn accept_loop(listener: TcpListener, target: SocketAddr) {
+/// Carries each connection redirected to `listener` (nftables `redirect`) to the address it
+/// was meant for, connecting from the network namespace the process is in. A connection
+/// without a redirection (somebody connecting to the listener itself) is reset.
+pub fn relay_redirected(listener: TcpListener) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("uplink-tcp".into())
+        .spawn(move || accept_loop(listener, original_destination))?;
+    Ok(())
+}
+
+/// Where a redirected connection was going: conntrack's original destination, when it
+/// differs from where it arrived.
+fn original_destination(client: &TcpStream) -> Option<SocketAddr> {
+    let local = client.local_addr().ok()?;
+    let original = match local {
+        SocketAddr::V4(_) => {
+            let a = getsockopt(client, sockopt::OriginalDst).ok()?;
+            SocketAddr::V4(SocketAddrV4::new(
+                u32::from_be(a.sin_addr.s_addr).into(),
+                u16::from_be(a.sin_port),
+            ))
+        }
+        SocketAddr::V6(_) => {
+            let a = getsockopt(client, sockopt::Ip6tOriginalDst).ok()?;
+            SocketAddr::V6(SocketAddrV6::new(
+                a.sin6_addr.s6_addr.into(),
+                u16::from_be(a.sin6_port),
+                0,
+                0,
+            ))
+        }
+    };
+    (original != local).then_some(original)
+}
+
+/// Threads per connection: the kernel's default of 8 MiB is far more than a splice loop needs.
+const CONN_STACK: usize = 64 * 1024;
+
+fn accept_loop(
+    listener: TcpListener,
+    target: impl Fn(&TcpStream) -> Option<SocketAddr> + Send + 'static,
+) {
     for client in listener.incoming() {
         let Ok(client) = client else { continue };
+        let Some(to) = target(&client) else {
+            reset(&client);
+            continue;
+        };
         let _ = std::thread::Builder::new()
             .name("relay-conn".into())
+            .stack_size(CONN_STACK)
             .spawn(move || {
-                let Ok(upstream) = TcpStream::connect(target) else {
+                let Ok(upstream) = TcpStream::connect(to) else {
+                    // Refused or unreachable: the client learns it as a reset.
+                    reset(&client);
                     return;
                 };
                 let _ = client.set_nodelay(true);
@@ -63,6 +126,7 @@ fn accept_loop(listener: TcpListener, target: SocketAddr) {
                 };
                 let back = std::thread::Builder::new()
                     .name("relay-back".into())
+                    .stack_size(CONN_STACK)
                     .spawn(move || pump(u2, c2));
                 pump(client, upstream);
                 if let Ok(back) = back {
@@ -72,11 +136,86 @@ fn accept_loop(listener: TcpListener, target: SocketAddr) {
     }
 }
 
-/// Copies `from` to `to` until EOF, then half-closes `to`.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    let _ = io::copy(&mut from, &mut to);
-    let _ = to.shutdown(Shutdown::Write);
-    let _ = from.shutdown(Shutdown::Read);
+/// Closes with a reset rather than a FIN (SO_LINGER 0) once the last descriptor goes.
+fn reset(stream: &TcpStream) {
+    let _ = setsockopt(
+        stream,
+        sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
+    let _ = stream.shutdown(Shutdown::Read);
+}
+
+/// Copies `from` to `to` until EOF, then half-closes `to`; an error on either side aborts
+/// both (the peer that did not fail sees a reset, as it would across one connection).
+fn pump(from: TcpStream, to: TcpStream) {
+    match splice_all(&from, &to) {
+        Ok(()) => {
+            let _ = to.shutdown(Shutdown::Write);
+            let _ = from.shutdown(Shutdown::Read);
+        }
+        Err(_) => {
+            reset(&from);
+            reset(&to);
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Bytes per splice: a pipe of this size holds a full TSO segment several times over.
+const PIPE_SIZE: usize = 1 << 20;
+
+fn splice_all(from: &TcpStream, to: &TcpStream) -> io::Result<()> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // Larger than the default 64 KiB when the user's limit allows (pipe-max-size is 1 MiB).
+    let chunk = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32))
+        .map(|n| n as usize)
+        .unwrap_or(1 << 16);
+    loop {
+        let n = retry(|| {
+            nix::fcntl::splice(
+                from.as_fd(),
+                None,
+                &w,
+                None,
+                chunk,
+                SpliceFFlags::SPLICE_F_MOVE,
+            )
+        })?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut left = n;
+        while left > 0 {
+            let m = retry(|| {
+                nix::fcntl::splice(
+                    &r,
+                    None,
+                    to.as_fd(),
+                    None,
+                    left,
+                    SpliceFFlags::SPLICE_F_MOVE,
+                )
+            })?;
+            if m == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            left -= m;
+        }
+    }
+}
+
+fn retry(mut f: impl FnMut() -> nix::Result<usize>) -> io::Result<usize> {
+    loop {
+        match f() {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r.map_err(io::Error::from),
+        }
+    }
 }
 
 fn udp_loop(socket: UdpSocket, target: SocketAddr) {
