@@ -143,6 +143,11 @@ fn role() {
             println!("bulk-ok {n}");
         }
         "closed" => println!("closed-ok {}", closed(arg)),
+        "many" => {
+            let (target, n) = arg.rsplit_once(':').expect("many:ADDR:PORT:N");
+            many(target, n.parse().expect("count"));
+            println!("many-ok {n}");
+        }
         "gateway-port" => {
             let gw = default_gateway();
             let tried = TcpStream::connect_timeout(
@@ -194,6 +199,24 @@ fn bulk(target: &str, n: usize) {
         "{} bytes came back of {n}, or other bytes",
         back.len()
     );
+}
+
+/// The many role: `n` connections open at once, then each echoes one byte after half-close.
+fn many(target: &str, n: usize) {
+    let conns: Vec<TcpStream> = (0..n)
+        .map(|i| TcpStream::connect(target).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        conn.write_all(&[i as u8]).expect("send");
+        conn.shutdown(std::net::Shutdown::Write)
+            .expect("half-close");
+        let mut back = Vec::new();
+        conn.read_to_end(&mut back)
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(back, [i as u8], "connection {i}");
+    }
 }
 
 /// The closed role: a connection to a port nobody listens on fails (refused, or reset at the
@@ -637,18 +660,22 @@ fn outbound_tcp_keeps_its_bytes_half_close_and_refusals() {
     }
     let Some(lab) = Lab::new(test) else { return };
     const ECHO_PORT: u16 = 7301;
-    // The world's echo: everything until EOF, then the same bytes back, then close.
-    let echo = lab.world.thread(|| {
+    // The world's echo: everything until EOF, then the same bytes back, then close; every
+    // connection's peer address is reported.
+    let (peers_tx, peers) = std::sync::mpsc::channel::<String>();
+    let _echo = lab.world.thread(move || {
         let listener = TcpListener::bind(("0.0.0.0", ECHO_PORT)).expect("listen");
-        let mut peers = Vec::new();
-        for _ in 0..2 {
-            let (mut conn, peer) = listener.accept().expect("accept");
-            let mut got = Vec::new();
-            conn.read_to_end(&mut got).expect("read to EOF");
-            conn.write_all(&got).expect("echo");
-            peers.push(peer.ip().to_string());
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let peers_tx = peers_tx.clone();
+            std::thread::spawn(move || {
+                let peer = conn.peer_addr().map(|a| a.ip().to_string());
+                let mut got = Vec::new();
+                if conn.read_to_end(&mut got).is_ok() && conn.write_all(&got).is_ok() {
+                    let _ = peers_tx.send(peer.unwrap_or_default());
+                }
+            });
         }
-        peers
     });
     let user = lab.user(63111);
     let script = [
@@ -656,9 +683,24 @@ fn outbound_tcp_keeps_its_bytes_half_close_and_refusals() {
         lab.role(&format!("bulk:{BEYOND}:{ECHO_PORT}:1")),
         lab.role(&format!("closed:{WORLD}:7399")),
         lab.role("gateway-port:1"),
+        // More connections at once than a default descriptor limit would let the relay hold.
+        lab.role(&format!("many:{WORLD}:{ECHO_PORT}:300")),
     ]
     .join(" && ");
-    let out = output(&mut user.netbox(&["run", "--", "sh", "-c", &script]));
+    // The soft descriptor limit most desktops have (the holder raises its own to the hard one).
+    let netbox = lab.netbox.display().to_string();
+    let out = output(&mut user.command(
+        "prlimit",
+        &[
+            "--nofile=1024:20000",
+            &netbox,
+            "run",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    ));
     assert_ok("outbound TCP roles", &out);
     let stdout = text(&out.stdout);
     for want in [
@@ -666,13 +708,15 @@ fn outbound_tcp_keeps_its_bytes_half_close_and_refusals() {
         "bulk-ok 1",
         "closed-ok ",
         "gateway-port closed",
+        "many-ok 300",
     ] {
         assert!(stdout.contains(want), "{want}: {stdout}");
     }
-    assert_eq!(
-        echo.join().expect("echo server"),
-        vec![HOST.to_string(), HOST.to_string()],
-        "the world sees the user's host address"
+    let seen: Vec<String> = peers.try_iter().collect();
+    assert_eq!(seen.len(), 302, "connections echoed");
+    assert!(
+        seen.iter().all(|p| p == HOST),
+        "the world sees the user's host address: {seen:?}"
     );
 }
 

@@ -355,6 +355,17 @@ impl Holder {
         signals
             .thread_block()
             .map_err(|e| Error::Config(format!("blocking signals: {e}")))?;
+        // Every relayed TCP connection holds six descriptors: the soft limit (often 1024)
+        // would cap the sandboxes at ~170 connections; the hard one is the user's to use.
+        if let Ok((_, hard)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                hard,
+                hard,
+            );
+        }
         let dir = open_state_dir()?;
         let holder_lock = open_lock(&dir, HOLDER_LOCK)?;
         // A holder on its way out (record removed, pasta and keeper being stopped) still has

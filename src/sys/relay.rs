@@ -105,7 +105,14 @@ fn accept_loop(
     target: impl Fn(&TcpStream) -> Option<SocketAddr> + Send + 'static,
 ) {
     for client in listener.incoming() {
-        let Ok(client) = client else { continue };
+        let client = match client {
+            Ok(c) => c,
+            // Out of descriptors or memory: wait for connections to end instead of spinning.
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
         let Some(to) = target(&client) else {
             reset(&client);
             continue;
@@ -121,14 +128,14 @@ fn accept_loop(
                 };
                 let _ = client.set_nodelay(true);
                 let _ = upstream.set_nodelay(true);
-                let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) else {
-                    return;
-                };
+                // Shared, not duplicated: a connection costs two sockets and two pipes.
+                let (client, upstream) = (Arc::new(client), Arc::new(upstream));
+                let (c2, u2) = (client.clone(), upstream.clone());
                 let back = std::thread::Builder::new()
                     .name("relay-back".into())
                     .stack_size(CONN_STACK)
-                    .spawn(move || pump(u2, c2));
-                pump(client, upstream);
+                    .spawn(move || pump(&u2, &c2));
+                pump(&client, &upstream);
                 if let Ok(back) = back {
                     let _ = back.join();
                 }
@@ -151,15 +158,15 @@ fn reset(stream: &TcpStream) {
 
 /// Copies `from` to `to` until EOF, then half-closes `to`; an error on either side aborts
 /// both (the peer that did not fail sees a reset, as it would across one connection).
-fn pump(from: TcpStream, to: TcpStream) {
-    match splice_all(&from, &to) {
+fn pump(from: &TcpStream, to: &TcpStream) {
+    match splice_all(from, to) {
         Ok(()) => {
             let _ = to.shutdown(Shutdown::Write);
             let _ = from.shutdown(Shutdown::Read);
         }
         Err(_) => {
-            reset(&from);
-            reset(&to);
+            reset(from);
+            reset(to);
             let _ = from.shutdown(Shutdown::Both);
             let _ = to.shutdown(Shutdown::Both);
         }
