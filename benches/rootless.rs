@@ -2,7 +2,7 @@
 //! private host with the world namespace of tests/world.rs (nothing leaves the machine):
 //!
 //! - TCP throughput (iperf3) from a sandbox to a server in the world, through netbox's per-user
-//!   network (pasta uplink, NETBOX_USER_NET_MTU=M) against slirp4netns driven directly
+//!   network (its TCP uplink, NETBOX_USER_NET_MTU=M) against slirp4netns driven directly
 //!   (`unshare -rn` + `slirp4netns --configure --mtu M`), at MTU 1500 and 65520, the four
 //!   configurations rotating each round. Goal: >= 1.0x slirp4netns at both.
 //! - `netbox run -- true`: rootful against rootless with the user's network already up
@@ -10,7 +10,8 @@
 //!   <= 50 ms), also with a CMD that reaches the world; interleaved.
 //!
 //! `cargo bench --bench rootless [-- N]` (N timing rounds, default 30; throughput rounds are
-//! N/10, at least 1, of NETBOX_BENCH_IPERF_SECS seconds each, default 3). Needs root (it
+//! N/10, at least 1, of NETBOX_BENCH_IPERF_SECS seconds each, default 3; NETBOX_BENCH_VERBOSE
+//! prints every sample with its retransmits). Needs root (it
 //! builds the world and switches uids), pasta, slirp4netns and iperf3.
 
 mod common;
