@@ -133,9 +133,15 @@ fn run_inside(test_path: &str) -> Output {
     };
     let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
     let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let status = child.wait().expect("wait for the private host");
+    // The group goes while its leader is still a zombie: once reaped, its pid (the group's id)
+    // may be reused by another test's process group.
     let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::wait::waitid(
+        nix::sys::wait::Id::Pid(group),
+        nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT,
+    );
     let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    let status = child.wait().expect("wait for the private host");
     Output {
         status,
         stdout: stdout.join().unwrap_or_default(),

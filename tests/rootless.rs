@@ -677,7 +677,7 @@ fn outbound_tcp_keeps_its_bytes_half_close_and_refusals() {
             });
         }
     });
-    let user = lab.user(63111);
+    let user = lab.user(63119);
     let script = [
         lab.role(&format!("bulk:{WORLD}:{ECHO_PORT}:8000000")),
         lab.role(&format!("bulk:{BEYOND}:{ECHO_PORT}:1")),

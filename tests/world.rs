@@ -259,7 +259,9 @@ pub fn runnable_by_all(path: &Path, dir: &Path) -> PathBuf {
 
 /// An unprivileged user: a uid with no passwd entry, its own HOME and XDG_RUNTIME_DIR (0700,
 /// theirs), commands run through setpriv. Every process of the uid is killed when it drops, so
-/// give each test its own uid.
+/// give each test its own uid; a uid is also claimed (an exclusive lock shared by every test
+/// process) for the User's life, so two tests given the same one wait for each other instead of
+/// killing each other's processes.
 pub struct User {
     pub uid: u32,
     pub home: PathBuf,
@@ -267,11 +269,14 @@ pub struct User {
     netbox: PathBuf,
     env: Vec<(String, String)>,
     dir: tempfile::TempDir,
+    /// Dropped after [`Drop::drop`] killed the uid's processes.
+    _claim: std::fs::File,
 }
 
 impl User {
     /// `netbox` is a binary the uid may run (see [`runnable_by_all`]).
     pub fn new(uid: u32, netbox: &Path) -> User {
+        let claim = claim_uid(uid);
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
@@ -289,6 +294,7 @@ impl User {
             netbox: netbox.to_path_buf(),
             env: vec![("NETBOX_USER_NET_LINGER".into(), "0".into())],
             dir,
+            _claim: claim,
         }
     }
 
@@ -376,10 +382,7 @@ impl User {
                 return;
             }
             for (pid, _) in left {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                kill_if_owned(pid, self.uid);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -394,6 +397,53 @@ impl User {
 impl Drop for User {
     fn drop(&mut self) {
         self.kill_all();
+    }
+}
+
+/// Takes the exclusive lock of `uid` in the build's temporary directory (outside every private
+/// host's private mounts), waiting while another test holds it.
+fn claim_uid(uid: u32) -> std::fs::File {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("test-uid-{uid}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    file.lock()
+        .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+    file
+}
+
+/// SIGKILL to `pid` if it is still a process of `uid`: the pid is pinned by a pidfd before its
+/// owner is checked again, so a pid that ended and was reused (all tests share one PID
+/// namespace) is never hit.
+fn kill_if_owned(pid: i32, uid: u32) {
+    // SAFETY: pidfd_open with a pid and no flags; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return; // gone already
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let owned = std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+            == Some(uid.to_string().as_str())
+    });
+    if owned {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid pidfd, a valid signal, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
     }
 }
 
