@@ -7,14 +7,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::harness::{files_under, is_root, link_names, netbox_bin, private_host, sh, skip};
 use crate::world::{
-    alive, owner, processes_of, runnable_by_all, wait_until, User, World, BEYOND, HELLO, HOST,
-    HTTP_PORT, UDP_ECHO_PORT, WORLD, WORLD_NAME,
+    alive, copy_runnable, owner, processes_of, runnable_by_all, wait_until, User, World, BEYOND,
+    HELLO, HOST, HTTP_PORT, UDP_ECHO_PORT, WORLD, WORLD_NAME,
 };
 
 /// Environment variable that turns `rootless::role` into a small network program run as CMD.
@@ -32,6 +32,13 @@ impl Lab {
     /// Inside the private host (`test` is its name): the world, or None after a skip (not root,
     /// so no other uid to be; no pasta). Under CI both fail (harness::skip).
     fn new(test: &str) -> Option<Lab> {
+        Lab::with_programs(test, None, || {})
+    }
+
+    /// [`Lab::new`], with the programs the uids run always copied to a directory under `under`
+    /// and `then` called before the world is made (a test that mounts over /tmp there would
+    /// otherwise hide a build tree under /tmp, and leave the world's files in the real one).
+    fn with_programs(test: &str, under: Option<&Path>, then: impl FnOnce()) -> Option<Lab> {
         if !is_root() {
             skip(
                 test,
@@ -48,12 +55,18 @@ impl Lab {
             skip(test, "pasta is not installed (apt-get install passt)");
             return None;
         }
-        let programs = tempfile::tempdir().expect("tempdir");
-        let netbox = runnable_by_all(&netbox_bin(), programs.path());
-        let test_bin = runnable_by_all(
-            &std::env::current_exe().expect("test binary"),
-            programs.path(),
-        );
+        let programs = match under {
+            Some(dir) => tempfile::tempdir_in(dir),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
+        let place = |path: &Path| match under {
+            Some(_) => copy_runnable(path, programs.path()),
+            None => runnable_by_all(path, programs.path()),
+        };
+        let netbox = place(&netbox_bin());
+        let test_bin = place(&std::env::current_exe().expect("test binary"));
+        then();
         Some(Lab {
             world: World::new(),
             netbox,
@@ -1145,9 +1158,14 @@ fn state_without_xdg_runtime_dir_is_private_and_checked() {
     if !private_host(test) {
         return;
     }
-    // Everything below in a /tmp of this private host only.
-    sh("mount -t tmpfs -o mode=1777 tmpfs /tmp");
-    let Some(lab) = Lab::new(test) else { return };
+    // Everything below in a /tmp of this private host only; the programs first go to this
+    // private host's /run/netbox (the build tree itself may be under /tmp).
+    let private_tmp = || {
+        sh("mount -t tmpfs -o mode=1777 tmpfs /tmp");
+    };
+    let Some(lab) = Lab::with_programs(test, Some(Path::new("/run/netbox")), private_tmp) else {
+        return;
+    };
     let unset = |user: &User, args: &[&str]| {
         let mut cmd = user.netbox(args);
         cmd.env_remove("XDG_RUNTIME_DIR");

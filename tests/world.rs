@@ -250,6 +250,11 @@ pub fn runnable_by_all(path: &Path, dir: &Path) -> PathBuf {
     if open {
         return path.to_path_buf();
     }
+    copy_runnable(path, dir)
+}
+
+/// A copy of `path` in `dir` that every user may run.
+pub fn copy_runnable(path: &Path, dir: &Path) -> PathBuf {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
     let copy = dir.join(path.file_name().expect("a file name"));
     std::fs::copy(path, &copy).expect("copy a program");
