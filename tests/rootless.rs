@@ -66,6 +66,7 @@ impl Lab {
         };
         let netbox = place(&netbox_bin());
         let test_bin = place(&std::env::current_exe().expect("test binary"));
+        crate::world::claims_dir();
         then();
         Some(Lab {
             world: World::new(),

@@ -405,18 +405,32 @@ impl Drop for User {
     }
 }
 
-/// Takes the exclusive lock of `uid` in the build's temporary directory (outside every private
-/// host's private mounts), waiting while another test holds it.
+/// The directory of the uid claims: the build's temporary directory, shared by every test
+/// process and opened once, so a test that later mounts over the path (a build tree under
+/// /tmp) still reaches it: such a test calls it before its mount.
+pub fn claims_dir() -> &'static std::fs::File {
+    static DIR: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let path = env!("CARGO_TARGET_TMPDIR");
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"))
+    })
+}
+
+/// Takes the exclusive lock of `uid` in [`claims_dir`], waiting while another test holds it.
 fn claim_uid(uid: u32) -> std::fs::File {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("test-uid-{uid}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let name = format!("test-uid-{uid}.lock");
+    let fd = nix::fcntl::openat(
+        claims_dir(),
+        name.as_str(),
+        OFlag::O_CREAT | OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o600),
+    )
+    .unwrap_or_else(|e| panic!("opening {name} in the build's tmp: {e}"));
+    let file = std::fs::File::from(fd);
     file.lock()
-        .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+        .unwrap_or_else(|e| panic!("locking {name}: {e}"));
     file
 }
 
