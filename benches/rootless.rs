@@ -51,6 +51,8 @@ fn main() {
     private_host();
     let mut world = World::new();
     world.spawn(&["iperf3", "-s", "-p", IPERF_PORT]);
+    // The probe's empty connection makes iperf3 print "unable to receive parameters from
+    // client" once; that line is expected.
     wait_until("iperf3 in the world", Duration::from_secs(10), || {
         std::net::TcpStream::connect((WORLD, 5201)).is_ok()
     });
