@@ -6,6 +6,7 @@
 //! - `capabilities`, `seccomp`, `mounts`: what confines CMD (see [`Confinement`]).
 //! - `signals`: forwarding, waiting, and the PID namespace's init.
 //! - `user`: `--user` resolution; `on_exec`: `pre_exec` helpers the labs use.
+//! - `fdpass`: receiving descriptors a forked child sends back.
 
 use std::ffi::OsString;
 use std::io;
@@ -17,6 +18,7 @@ use thiserror::Error;
 mod bpf;
 pub mod capabilities;
 mod child;
+mod fdpass;
 mod mounts;
 mod on_exec;
 pub mod seccomp;

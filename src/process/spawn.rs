@@ -4,7 +4,7 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
@@ -209,45 +209,12 @@ impl Pending {
     /// on it and a netlink socket opened inside it, so that the parent configures it without
     /// ever entering it.
     pub fn take_network(&mut self) -> Result<(OwnedFd, OwnedFd)> {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         self.network_untaken = false;
         let Some(chan) = &self.chan else {
             return Err(self.setup_failure());
         };
         let mut byte = [0u8; 1];
-        let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-        let mut space = nix::cmsg_space!([RawFd; 2]);
-        let msg = loop {
-            match recvmsg::<()>(
-                chan.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Err(nix::Error::EINTR) => continue,
-                other => break other,
-            }
-        };
-        let fds: Vec<RawFd> = match msg {
-            Ok(msg) => msg
-                .cmsgs()
-                .map(|cmsgs| {
-                    cmsgs
-                        .filter_map(|c| match c {
-                            ControlMessageOwned::ScmRights(fds) => Some(fds),
-                            _ => None,
-                        })
-                        .flatten()
-                        .collect()
-                })
-                .unwrap_or_default(),
-            Err(_) => vec![],
-        };
-        // SAFETY: the kernel just installed these descriptors for us; we own them from here.
-        let mut owned: Vec<OwnedFd> = fds
-            .into_iter()
-            .map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-            .collect();
+        let mut owned = super::fdpass::recv_fds(chan.as_fd(), &mut byte).unwrap_or_default();
         if owned.len() != 2 {
             // The child failed before handing them over: its report says why.
             return Err(self.setup_failure());

@@ -217,10 +217,9 @@ pub fn spawn_in_keeper(
 /// namespace, for good). Call it while this process has one thread.
 pub fn listen_in_keeper(keeper_pid: u32, port: u16) -> io::Result<Vec<std::net::TcpListener>> {
     use nix::sys::socket::{
-        recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-        SockFlag, SockType,
+        sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
     };
-    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::fd::AsFd;
     let user = std::fs::File::open(format!("/proc/{keeper_pid}/ns/user"))?;
     let net = std::fs::File::open(format!("/proc/{keeper_pid}/ns/net"))?;
     let (mine, theirs) = socketpair(
@@ -266,45 +265,29 @@ pub fn listen_in_keeper(keeper_pid: u32, port: u16) -> io::Result<Vec<std::net::
         nix::unistd::ForkResult::Parent { child } => {
             drop(theirs);
             let mut buf = [0u8; 16];
-            let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
-            let received = recvmsg::<()>(
-                mine.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            );
-            let mut listeners = Vec::new();
-            let mut failure = None;
-            match received {
-                Ok(msg) => {
-                    for cmsg in msg.cmsgs()? {
-                        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                            for fd in fds {
-                                // SAFETY: a descriptor just received, owned by nobody else.
-                                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                                listeners.push(std::net::TcpListener::from(fd));
-                            }
-                        }
-                    }
-                    if listeners.is_empty() {
-                        let errno = std::str::from_utf8(&buf)
-                            .ok()
-                            .and_then(|s| s.trim_end_matches('\0').parse().ok())
-                            .unwrap_or(0);
-                        failure = Some(if errno != 0 {
-                            io::Error::from_raw_os_error(errno)
-                        } else {
-                            io::Error::other("the listener's maker ended")
-                        });
-                    }
+            let received = super::fdpass::recv_fds(mine.as_fd(), &mut buf);
+            let failure = match &received {
+                Ok(fds) if fds.is_empty() => {
+                    // The child's errno, as text, when it failed.
+                    let errno = std::str::from_utf8(&buf)
+                        .ok()
+                        .and_then(|s| s.trim_end_matches('\0').parse().ok())
+                        .unwrap_or(0);
+                    Some(if errno != 0 {
+                        io::Error::from_raw_os_error(errno)
+                    } else {
+                        io::Error::other("the listener's maker ended")
+                    })
                 }
-                Err(e) => failure = Some(e.into()),
-            }
+                _ => None,
+            };
             let _ = nix::sys::wait::waitpid(child, None);
             match failure {
                 Some(e) => Err(e),
-                None => Ok(listeners),
+                None => Ok(received?
+                    .into_iter()
+                    .map(std::net::TcpListener::from)
+                    .collect()),
             }
         }
     }

@@ -63,10 +63,10 @@ const START_LOCK: &str = "user-network.start";
 const HOLDER_LOCK: &str = "user-network.holder";
 const LOG: &str = "user-network.log";
 const HOST_DIR: &str = "host";
-/// How long a starting holder may take to report.
 /// The holder's TCP uplink listens on this port of the network host (tcpmux, unused): the
 /// sandboxes' outbound TCP is redirected to it.
 const TCP_UPLINK_PORT: u16 = 1;
+/// How long a starting holder may take to report.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The holder's record, `user-network.json`.
