@@ -157,6 +157,12 @@ fn role() {
             println!("bulk-ok {n}");
         }
         "closed" => println!("closed-ok {}", closed(arg)),
+        "hold" => {
+            // One connection kept open (never half-closed) until CMD is stopped.
+            let conn = TcpStream::connect(arg).unwrap_or_else(|e| panic!("connect {arg}: {e}"));
+            println!("held");
+            let _ = (&conn).read(&mut [0u8; 1]);
+        }
         "many" => {
             let (target, n) = arg.rsplit_once(':').expect("many:ADDR:PORT:N");
             many(target, n.parse().expect("count"));
@@ -732,6 +738,22 @@ fn outbound_tcp_keeps_its_bytes_half_close_and_refusals() {
         seen.iter().all(|p| p == HOST),
         "the world sees the user's host address: {seen:?}"
     );
+    // The bytes went through the holder's relay, not pasta: the host-side end of a live
+    // sandbox connection is the holder's socket.
+    let argv = lab.role_argv(&format!("hold:{WORLD}:{ECHO_PORT}"));
+    let mut args = vec!["run", "--"];
+    args.extend(argv.iter().map(String::as_str));
+    let (mut run, mut out) = spawn(&user, &args);
+    wait_line(&mut out, "held");
+    let (holder, uplink) = holder_and_uplink(&user);
+    let owners = sh(&format!(
+        "ss -Htnp state established dst {WORLD}:{ECHO_PORT}"
+    ));
+    assert!(
+        owners.contains(&format!("pid={holder},")) && !owners.contains(&format!("pid={uplink},")),
+        "the world-side connection is not the holder's ({holder}; pasta {uplink}): {owners}"
+    );
+    stop(&mut run);
 }
 
 #[test]
