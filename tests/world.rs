@@ -445,12 +445,8 @@ fn kill_if_owned(pid: i32, uid: u32) {
     }
     // SAFETY: a fresh descriptor nobody else owns.
     let pidfd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
-    let owned = std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|ids| ids.split_whitespace().next())
-            == Some(uid.to_string().as_str())
-    });
+    let owned = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .is_ok_and(|status| real_uid(&status) == Some(uid));
     if owned {
         use std::os::fd::AsRawFd;
         // SAFETY: a valid pidfd, a valid signal, no siginfo, no flags.
@@ -466,6 +462,23 @@ fn kill_if_owned(pid: i32, uid: u32) {
     }
 }
 
+/// A field of /proc/PID/status ("Name:", say), trimmed; empty when missing.
+fn status_field<'a>(status: &'a str, name: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(str::trim)
+        .unwrap_or("")
+}
+
+/// The real uid in a /proc/PID/status.
+fn real_uid(status: &str) -> Option<u32> {
+    status_field(status, "Uid:")
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+}
+
 /// Live processes (not zombies) whose real uid is `uid`, with their command names.
 pub fn processes_of(uid: u32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
@@ -479,18 +492,8 @@ pub fn processes_of(uid: u32) -> Vec<(i32, String)> {
         let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
             continue;
         };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::trim)
-                .unwrap_or("")
-                .to_string()
-        };
-        let real_uid = field("Uid:");
-        if real_uid.split_whitespace().next() == Some(&uid.to_string())
-            && !field("State:").starts_with('Z')
-        {
+        let field = |name: &str| status_field(&status, name).to_string();
+        if real_uid(&status) == Some(uid) && !field("State:").starts_with('Z') {
             out.push((pid, field("Name:")));
         }
     }
